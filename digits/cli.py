@@ -1,0 +1,151 @@
+"""The ``digits`` command: ``up`` (the embedded stack), ``init``, ``secret-key``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from digits import bus
+from digits.config import ConfigError, Settings
+from digits.natsserver import NatsServer, NatsServerError, free_port, port_free
+from digits.supervisor import Supervisor, child_env, python_module
+
+log = logging.getLogger("digits")
+
+SERVICES = (("gateway", "gateway"), ("ingest", "ingest_service"), ("train", "train_service"))
+SERVICES += (("view", "view_service"),)
+
+
+def _secret_key(data_dir: Path) -> str:
+    """The data dir's secret key, made on first use (0600)."""
+    from digits.secrets import SecretBox
+
+    path = data_dir / "secret.key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(SecretBox.generate_key())
+    return path.read_text().strip()
+
+
+def up(args: argparse.Namespace) -> int:
+    """Start nats-server and the four services; stop all of them on Ctrl-C or SIGTERM."""
+    data_dir = Path(args.data_dir).expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    logs = data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    nats_port = args.nats_port or (4222 if port_free(4222) else free_port())
+    server = NatsServer(data_dir / "jetstream", port=nats_port, log_file=logs / "nats-server.log")
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        server.start()
+    except NatsServerError as exc:
+        print(f"digits up: {exc} (see {logs / 'nats-server.log'})", file=sys.stderr)
+        return 1
+    supervisor = Supervisor()
+    try:
+        env = dict(os.environ)
+        env.setdefault("DIGITS_DATA_ROOTS", str(Path.home()))
+        settings = Settings.from_env(
+            env,
+            nats_urls=(server.url,),
+            data_dir=str(data_dir),
+            store_url=env.get("DIGITS_STORE_URL") or (data_dir / "store").as_uri(),
+            secret_key=env.get("DIGITS_SECRET_KEY") or _secret_key(data_dir),
+        )
+        asyncio.run(_init(settings))
+        for name, module in SERVICES:
+            extra = settings.to_env()
+            if name == "gateway":
+                extra["DIGITS_PORT"] = str(args.port)
+                extra["DIGITS_GATEWAY_HOST"] = args.host
+            else:
+                extra["DIGITS_HEALTH_PORT"] = "0"
+            supervisor.add(name, python_module(module), child_env(extra), logs / f"{name}.log")
+        print(f"DIGITS is up: http://{args.host}:{args.port}/", flush=True)
+        print(f"  NATS {server.url}, data in {data_dir}, logs in {logs}", flush=True)
+        if args.demo:
+            print("  --demo: the demo dataset and model arrive with the datasets issue", flush=True)
+        while not stopping.wait(0.5):
+            supervisor.poll()
+            if server.proc is not None and server.proc.poll() is not None:
+                log.warning("nats-server exited; restarting it")
+                server.start()
+    except ConfigError as exc:
+        print(f"digits up: configuration error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        print("stopping...", flush=True)
+        supervisor.stop()
+        server.stop()
+    print("stopped", flush=True)
+    return 0
+
+
+async def _init(settings: Settings) -> None:
+    nc = await bus.connect(settings, "digits-init", max_reconnect_attempts=5)
+    try:
+        await bus.ensure_all(nc.jetstream(), settings.replicas)
+    finally:
+        await nc.close()
+
+
+def init(args: argparse.Namespace) -> int:
+    """Create streams, KV buckets and consumers on the configured NATS (idempotent)."""
+    settings = Settings.from_env()
+    asyncio.run(_init(settings))
+    print(f"streams, buckets and consumers ready on {', '.join(settings.nats_urls)}")
+    return 0
+
+
+def secret_key(args: argparse.Namespace) -> int:
+    """Print a new key for DIGITS_SECRET_KEY."""
+    from digits.secrets import SecretBox
+
+    print(SecretBox.generate_key())
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line parser."""
+    p = argparse.ArgumentParser(prog="digits", description="DIGITS on a message bus")
+    sub = p.add_subparsers(dest="command", required=True)
+    p_up = sub.add_parser("up", help="run the embedded stack on this machine")
+    p_up.add_argument("--data-dir", default=os.environ.get("DIGITS_DATA_DIR", "~/.digits"))
+    p_up.add_argument("--port", type=int, default=5000, help="gateway port (default 5000)")
+    p_up.add_argument("--host", default="127.0.0.1", help="gateway address (default 127.0.0.1)")
+    p_up.add_argument("--nats-port", type=int, default=0, help="default 4222, or a free port")
+    p_up.add_argument("--demo", action="store_true", help="also create the demo dataset and model")
+    p_up.set_defaults(func=up)
+    p_init = sub.add_parser("init", help="create streams, KV buckets and consumers")
+    p_init.set_defaults(func=init)
+    p_key = sub.add_parser("secret-key", help="print a new DIGITS_SECRET_KEY")
+    p_key.set_defaults(func=secret_key)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``digits`` command."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s digits %(levelname)s %(message)s")
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"digits: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

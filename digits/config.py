@@ -1,0 +1,201 @@
+"""Settings from ``DIGITS_*`` environment variables, with errors that name the bad value."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A DIGITS_* variable holds a value that cannot be used."""
+
+
+def _default_data_dir() -> str:
+    return str(Path.home() / ".digits")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a service reads from its environment, parsed and checked."""
+
+    nats_urls: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    nats_creds: str | None = None
+    nats_tls_ca: str | None = None
+    nats_tls_cert: str | None = None
+    nats_tls_key: str | None = None
+    data_dir: str = field(default_factory=_default_data_dir)
+    store_url: str = ""
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    data_roots: tuple[str, ...] = ()
+    secret_key: str | None = field(default=None, repr=False)
+    replicas: int = 1
+    health_host: str = "127.0.0.1"
+    health_port: int = 0
+    heartbeat_s: float = 5.0
+    ack_wait_s: float = 30.0
+    max_deliver: int = 5
+    worker_batch: int = 1
+    log_level: str = "INFO"
+    allow_python_networks: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.store_url:
+            store = Path(self.data_dir, "store").as_uri()
+            object.__setattr__(self, "store_url", store)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read DIGITS_* variables (from ``environ`` or os.environ); ``overrides`` win."""
+        env = os.environ if environ is None else environ
+        kw: dict[str, object] = {}
+        get = env.get
+        if get("DIGITS_NATS_URL"):
+            kw["nats_urls"] = _urls("DIGITS_NATS_URL", get("DIGITS_NATS_URL", ""))
+        for name in ("nats_creds", "nats_tls_ca", "nats_tls_cert", "nats_tls_key"):
+            value = get(f"DIGITS_{name.upper()}")
+            if value:
+                kw[name] = _existing_file(f"DIGITS_{name.upper()}", value)
+        if get("DIGITS_DATA_DIR"):
+            kw["data_dir"] = str(Path(get("DIGITS_DATA_DIR", "")).expanduser())
+        if get("DIGITS_STORE_URL"):
+            kw["store_url"] = _store_url(get("DIGITS_STORE_URL", ""))
+        if get("DIGITS_S3_ENDPOINT_URL"):
+            kw["s3_endpoint_url"] = _url(
+                "DIGITS_S3_ENDPOINT_URL", get("DIGITS_S3_ENDPOINT_URL", "")
+            )
+        if get("DIGITS_S3_REGION"):
+            kw["s3_region"] = get("DIGITS_S3_REGION")
+        if get("DIGITS_DATA_ROOTS"):
+            roots = [r for r in get("DIGITS_DATA_ROOTS", "").split(os.pathsep) if r]
+            kw["data_roots"] = tuple(str(Path(r).expanduser().resolve()) for r in roots)
+        if get("DIGITS_SECRET_KEY"):
+            kw["secret_key"] = get("DIGITS_SECRET_KEY")
+        ints = {"replicas": (1, 5), "health_port": (0, 65535), "max_deliver": (1, 1000)}
+        ints["worker_batch"] = (1, 1000)
+        for name, (lo, hi) in ints.items():
+            var = f"DIGITS_{name.upper()}"
+            if get(var):
+                kw[name] = _int(var, get(var, ""), lo, hi)
+        for name in ("heartbeat_s", "ack_wait_s"):
+            var = f"DIGITS_{name.upper()}"
+            if get(var):
+                kw[name] = _float(var, get(var, ""), 0.05, 86400.0)
+        if get("DIGITS_HEALTH_HOST"):
+            kw["health_host"] = get("DIGITS_HEALTH_HOST")
+        if get("DIGITS_LOG_LEVEL"):
+            level = get("DIGITS_LOG_LEVEL", "").upper()
+            if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+                raise ConfigError(
+                    f"DIGITS_LOG_LEVEL={get('DIGITS_LOG_LEVEL')!r} is not one of "
+                    "DEBUG, INFO, WARNING, ERROR, CRITICAL"
+                )
+            kw["log_level"] = level
+        if get("DIGITS_ALLOW_PYTHON_NETWORKS"):
+            kw["allow_python_networks"] = _bool(
+                "DIGITS_ALLOW_PYTHON_NETWORKS", get("DIGITS_ALLOW_PYTHON_NETWORKS", "")
+            )
+        kw.update(overrides)
+        known = {f.name for f in fields(cls)}
+        unknown = set(kw) - known
+        if unknown:
+            raise ConfigError(f"unknown settings {sorted(unknown)}")
+        return cls(**kw)  # type: ignore[arg-type]
+
+    def with_(self, **changes: object) -> Settings:
+        """A copy with some fields changed."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def to_env(self) -> dict[str, str]:
+        """The DIGITS_* variables that reproduce these settings (for child processes)."""
+        env = {
+            "DIGITS_NATS_URL": ",".join(self.nats_urls),
+            "DIGITS_DATA_DIR": self.data_dir,
+            "DIGITS_STORE_URL": self.store_url,
+            "DIGITS_S3_REGION": self.s3_region,
+            "DIGITS_REPLICAS": str(self.replicas),
+            "DIGITS_HEARTBEAT_S": str(self.heartbeat_s),
+            "DIGITS_ACK_WAIT_S": str(self.ack_wait_s),
+            "DIGITS_MAX_DELIVER": str(self.max_deliver),
+            "DIGITS_WORKER_BATCH": str(self.worker_batch),
+            "DIGITS_LOG_LEVEL": self.log_level,
+            "DIGITS_HEALTH_HOST": self.health_host,
+        }
+        optional = {
+            "DIGITS_NATS_CREDS": self.nats_creds,
+            "DIGITS_NATS_TLS_CA": self.nats_tls_ca,
+            "DIGITS_NATS_TLS_CERT": self.nats_tls_cert,
+            "DIGITS_NATS_TLS_KEY": self.nats_tls_key,
+            "DIGITS_S3_ENDPOINT_URL": self.s3_endpoint_url,
+            "DIGITS_SECRET_KEY": self.secret_key,
+        }
+        env.update({k: v for k, v in optional.items() if v})
+        if self.data_roots:
+            env["DIGITS_DATA_ROOTS"] = os.pathsep.join(self.data_roots)
+        if self.allow_python_networks:
+            env["DIGITS_ALLOW_PYTHON_NETWORKS"] = "1"
+        return env
+
+
+def _urls(var: str, value: str) -> tuple[str, ...]:
+    urls = tuple(u.strip() for u in value.split(",") if u.strip())
+    if not urls:
+        raise ConfigError(f"{var}={value!r} lists no server; expected nats://host:port[,...]")
+    for u in urls:
+        if not u.startswith(("nats://", "tls://", "ws://", "wss://")):
+            raise ConfigError(
+                f"{var}: {u!r} is not a NATS URL; expected nats://, tls://, ws:// or wss://"
+            )
+    return urls
+
+
+def _url(var: str, value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{var}={value!r} is not an http:// or https:// URL")
+    return value
+
+
+def _store_url(value: str) -> str:
+    if not value.startswith(("file://", "s3://")):
+        raise ConfigError(
+            f"DIGITS_STORE_URL={value!r} is not supported; expected file:///path or s3://bucket/prefix"
+        )
+    return value
+
+
+def _existing_file(var: str, value: str) -> str:
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{var}={value!r}: no such file")
+    return str(path)
+
+
+def _int(var: str, value: str, lo: int, hi: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{var}={value!r} is not an integer") from None
+    if not lo <= number <= hi:
+        raise ConfigError(f"{var}={value!r} is out of range; expected {lo}..{hi}")
+    return number
+
+
+def _float(var: str, value: str, lo: float, hi: float) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{var}={value!r} is not a number") from None
+    if not lo <= number <= hi:
+        raise ConfigError(f"{var}={value!r} is out of range; expected {lo}..{hi}")
+    return number
+
+
+def _bool(var: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{var}={value!r} is not a boolean; expected 1/0, true/false, yes/no, on/off")

@@ -1,0 +1,279 @@
+"""Job records in the JetStream KV bucket: status, stages, history, compare-and-swap updates."""
+
+from __future__ import annotations
+
+import logging
+import secrets as _random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from digits import bus, events
+
+log = logging.getLogger(__name__)
+
+INITIALIZED, WAITING, RUNNING, DONE, ABORTED, ERROR = "I", "W", "R", "D", "A", "E"
+STATUS_NAMES = {
+    INITIALIZED: "Initialized",
+    WAITING: "Waiting",
+    RUNNING: "Running",
+    DONE: "Done",
+    ABORTED: "Aborted",
+    ERROR: "Error",
+}
+TERMINAL = frozenset({DONE, ABORTED, ERROR})
+JOB_TYPES = ("dataset", "model")
+
+
+class JobError(Exception):
+    """A job operation that cannot be done, with a reason a user can read."""
+
+
+class JobNotFound(JobError, KeyError):
+    """No job record with this id."""
+
+    def __str__(self) -> str:
+        return f"no job with id {self.args[0]!r}"
+
+
+class StatusEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One step of a job's status history."""
+
+    status: str
+    at: float
+    message: str = ""
+
+
+class Stage(msgspec.Struct, frozen=True, kw_only=True):
+    """A stage of a job (for a dataset: Parse Folder, Create DB (train), ...)."""
+
+    name: str
+    status: str = INITIALIZED
+    progress: float = 0.0
+    done: int = 0
+    total: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    counts: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class Job(msgspec.Struct, frozen=True, kw_only=True):
+    """A dataset or model job as stored in the ``digits-jobs`` bucket."""
+
+    id: str
+    type: str
+    name: str
+    extension: str = ""
+    group: str = ""
+    owner: str = ""
+    notes: str = ""
+    form: dict[str, Any] = msgspec.field(default_factory=dict)
+    status: str = INITIALIZED
+    history: list[StatusEntry] = msgspec.field(default_factory=list)
+    stages: list[Stage] = msgspec.field(default_factory=list)
+    depends_on: list[str] = msgspec.field(default_factory=list)
+    created_at: float = msgspec.field(default_factory=time.time)
+    error: str = ""
+    extra: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    @property
+    def status_name(self) -> str:
+        """DIGITS's word for the status code."""
+        return STATUS_NAMES.get(self.status, self.status)
+
+    def stage(self, name: str) -> Stage | None:
+        """The stage called ``name``, if there is one."""
+        return next((s for s in self.stages if s.name == name), None)
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(Job).decode
+
+
+def new_job_id(now: float | None = None) -> str:
+    """A DIGITS-style job id: ``20261126-221210-3f9a``."""
+    stamp = datetime.fromtimestamp(now or time.time(), UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{_random.token_hex(2)}"
+
+
+class JobStore:
+    """Reads and changes job records; every change is a CAS update followed by an event."""
+
+    def __init__(self, js: JetStreamContext, kv: KeyValue, *, max_attempts: int = 100) -> None:
+        self.js = js
+        self.kv = kv
+        self.max_attempts = max_attempts
+
+    async def create(self, job: Job) -> Job:
+        """Store a new job record (its id must be unused) and announce its status."""
+        if job.type not in JOB_TYPES:
+            raise JobError(f"job type {job.type!r} is not one of {', '.join(JOB_TYPES)}")
+        if not job.history:
+            job = msgspec.structs.replace(
+                job, history=[StatusEntry(status=job.status, at=job.created_at)]
+            )
+        try:
+            revision = await self.kv.create(job.id, _encode(job))
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise JobError(f"a job with id {job.id!r} already exists") from None
+        await self._announce(None, job, revision)
+        return job
+
+    async def get(self, job_id: str) -> Job:
+        """The job record, or JobNotFound."""
+        return (await self._get(job_id))[0]
+
+    async def _get(self, job_id: str) -> tuple[Job, int]:
+        try:
+            entry = await self.kv.get(job_id)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            raise JobNotFound(job_id) from None
+        except nats.js.errors.InvalidKeyError:
+            raise JobNotFound(job_id) from None
+        if entry.value is None:
+            raise JobNotFound(job_id)
+        return _decode(entry.value), entry.revision or 0
+
+    async def list(self) -> list[Job]:
+        """Every job, newest first."""
+        try:
+            keys = await self.kv.keys()
+        except nats.js.errors.NoKeysError:
+            return []
+        jobs = []
+        for key in keys:
+            try:
+                jobs.append(await self.get(key))
+            except JobNotFound:
+                continue
+        return sorted(jobs, key=lambda j: j.created_at, reverse=True)
+
+    async def update(self, job_id: str, mutate: Callable[[Job], Job | None]) -> Job:
+        """Apply ``mutate`` by compare-and-swap, retrying on conflict; None means no change."""
+        for _ in range(self.max_attempts):
+            job, revision = await self._get(job_id)
+            changed = mutate(job)
+            if changed is None or changed == job:
+                return job
+            try:
+                new_revision = await self.kv.update(job_id, _encode(changed), last=revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # someone else changed it first: read again
+            await self._announce(job, changed, new_revision)
+            return changed
+        raise JobError(f"job {job_id!r}: gave up after {self.max_attempts} conflicting updates")
+
+    async def set_status(self, job_id: str, status: str, message: str = "") -> Job:
+        """Move a job to ``status``; a finished job (Done, Aborted, Error) stays finished."""
+        if status not in STATUS_NAMES:
+            raise JobError(f"status {status!r} is not one of {', '.join(STATUS_NAMES)}")
+
+        def mutate(job: Job) -> Job | None:
+            if job.status == status or job.status in TERMINAL:
+                return None
+            entry = StatusEntry(status=status, at=time.time(), message=message)
+            return msgspec.structs.replace(
+                job,
+                status=status,
+                history=[*job.history, entry],
+                error=message if status == ERROR else job.error,
+            )
+
+        return await self.update(job_id, mutate)
+
+    async def update_stage(self, job_id: str, name: str, **changes: Any) -> Job:
+        """Create or change the stage ``name`` (status, progress, done, total, counts)."""
+        allowed = {"status", "progress", "done", "total", "counts"}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise JobError(f"unknown stage fields {sorted(unknown)}; allowed {sorted(allowed)}")
+
+        def mutate(job: Job) -> Job | None:
+            old = job.stage(name) or Stage(name=name)
+            new = msgspec.structs.replace(old, **changes)
+            now = time.time()
+            if new.status == RUNNING and old.started_at is None:
+                new = msgspec.structs.replace(new, started_at=now)
+            if new.status in TERMINAL and old.finished_at is None:
+                new = msgspec.structs.replace(new, finished_at=now)
+            if new == old and job.stage(name) is not None:
+                return None
+            stages = [new if s.name == name else s for s in job.stages]
+            if job.stage(name) is None:
+                stages.append(new)
+            return msgspec.structs.replace(job, stages=stages)
+
+        return await self.update(job_id, mutate)
+
+    async def edit(
+        self,
+        job_id: str,
+        *,
+        name: str | None = None,
+        group: str | None = None,
+        notes: str | None = None,
+    ) -> Job:
+        """Change a job's name, group or notes."""
+        if name is not None and not name.strip():
+            raise JobError("a job's name cannot be empty")
+        changes = {
+            k: v for k, v in {"name": name, "group": group, "notes": notes}.items() if v is not None
+        }
+        return await self.update(job_id, lambda job: msgspec.structs.replace(job, **changes))
+
+    async def dependents(self, job_id: str) -> list[Job]:
+        """Jobs that depend on ``job_id`` (models trained on a dataset)."""
+        return [job for job in await self.list() if job_id in job.depends_on]
+
+    async def delete(self, job_id: str) -> None:
+        """Delete a job record; refused while another job depends on it (as DIGITS did)."""
+        job = await self.get(job_id)
+        users = await self.dependents(job_id)
+        if users:
+            names = ", ".join(f"{u.name} ({u.id})" for u in users)
+            raise JobError(f"cannot delete {job.type} {job.name!r} ({job_id}): used by {names}")
+        await self.kv.delete(job_id)
+        await self._publish(events.JobDeleted(job_id=job_id), f"job:{job_id}:deleted")
+
+    async def _announce(self, old: Job | None, new: Job, revision: int) -> None:
+        if old is None or old.status != new.status:
+            event = events.JobStatusChanged(
+                job_id=new.id,
+                job_type=new.type,
+                status=new.status,
+                previous=old.status if old else None,
+                message=new.history[-1].message if new.history else "",
+            )
+            await self._publish(event, f"job:{new.id}:rev{revision}:status")
+        if old is not None:
+            for stage in new.stages:
+                if stage != old.stage(stage.name):
+                    event = events.StageProgress(
+                        job_id=new.id,
+                        stage=stage.name,
+                        status=stage.status,
+                        progress=stage.progress,
+                        done=stage.done,
+                        total=stage.total,
+                    )
+                    await self._publish(event, f"job:{new.id}:rev{revision}:stage:{stage.name}")
+            fields = [f for f in ("name", "group", "notes") if getattr(old, f) != getattr(new, f)]
+            if fields:
+                updated = events.JobUpdated(job_id=new.id, fields=fields)
+                await self._publish(updated, f"job:{new.id}:rev{revision}:updated")
+
+    async def _publish(self, event: events.Event, msg_id: str) -> None:
+        # The KV record is the truth; an event lost to a long outage is logged, not fatal.
+        try:
+            await bus.publish(
+                self.js, events.subject_for(event), events.encode(event), msg_id=msg_id
+            )
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            log.error("could not publish %s for job %s: %r", events.tag_of(type(event)), event, exc)

@@ -1,0 +1,254 @@
+"""The runtime every service shares: bus, workers, health, metrics, heartbeat, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from functools import partial
+
+import msgspec
+import nats.errors
+from aiohttp import web
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from digits import bus, events, subjects
+from digits.config import ConfigError, Settings
+from digits.jobs import JobStore
+from digits.metrics import CONTENT_TYPE, Metrics
+
+log = logging.getLogger(__name__)
+
+Responder = Callable[[Msg], Awaitable[bytes]]
+
+
+class ServiceRuntime:
+    """What a service's handlers can use: the bus, the KV buckets, the job store, metrics."""
+
+    def __init__(self, name: str, settings: Settings) -> None:
+        self.name = name
+        self.settings = settings
+        self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+        self.metrics = Metrics(name)
+        self.stop = asyncio.Event()
+        self.started_at = time.time()
+        self.nc: NATS | None = None
+        self.js: JetStreamContext | None = None
+        self.kv: dict[str, KeyValue] = {}
+        self.jobs: JobStore | None = None
+        self.health_port: int | None = None
+        self._workers: list[bus.Worker] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stack = AsyncExitStack()
+
+    async def start(self) -> None:
+        """Connect, ensure streams and buckets, start health, heartbeat, dead-letter forwarder."""
+        nc = await bus.connect(
+            self.settings,
+            f"{self.name}@{self.instance}",
+            disconnected_cb=self._on_disconnect,
+            reconnected_cb=self._on_reconnect,
+            error_cb=self._on_error,
+        )
+        self.nc = nc
+        self._stack.push_async_callback(self._close_nats)
+        self.js = nc.jetstream()
+        await bus.ensure_streams(self.js, self.settings.replicas)
+        self.kv = await bus.ensure_kv(self.js, self.settings.replicas)
+        self.jobs = JobStore(self.js, self.kv[subjects.KV_JOBS])
+        await self._start_health()
+        self._spawn(self._heartbeat_loop())
+        self.add_worker(
+            subjects.CONSUMERS[subjects.CONSUMER_DLQ_FORWARDER],
+            partial(bus.forward_max_deliveries, self.js),
+        )
+
+    def add_worker(self, spec: subjects.ConsumerSpec, handler: bus.Handler) -> bus.Worker:
+        """Run a pull-worker loop on a durable consumer until the service stops."""
+        assert self.js is not None, "start() first"
+        worker = bus.Worker(
+            self.js,
+            _with_settings(spec, self.settings),
+            handler,
+            metrics=self.metrics,
+            batch=self.settings.worker_batch,
+        )
+        self._workers.append(worker)
+        self._spawn(worker.run(self.stop))
+        return worker
+
+    async def add_responder(self, subject: str, queue: str, respond: Responder) -> None:
+        """Answer core-NATS requests on ``subject`` in queue group ``queue``."""
+        assert self.nc is not None, "start() first"
+        labels = (self.name, subject)
+
+        async def on_request(msg: Msg) -> None:
+            self.metrics.in_flight.labels(*labels).inc()
+            started = time.perf_counter()
+            try:
+                reply = await respond(msg)
+                self.metrics.handled.labels(*labels).inc()
+            except Exception as exc:  # noqa: BLE001 - a bad request never kills the service
+                log.exception("%s: request failed", subject)
+                self.metrics.failed.labels(*labels, "error").inc()
+                reply = msgspec.msgpack.encode(
+                    {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                )
+            finally:
+                self.metrics.in_flight.labels(*labels).dec()
+                self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
+            if msg.reply:
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.respond(reply)
+
+        sub = await self.nc.subscribe(subject, queue=queue, cb=on_request)
+        self._stack.push_async_callback(_unsubscribe, sub)
+
+    async def publish(self, event: events.Event) -> None:
+        """Publish an event on its subject."""
+        assert self.js is not None, "start() first"
+        await bus.publish_event(self.js, event)
+
+    async def wait(self, grace_s: float = 20.0) -> None:
+        """Wait for stop; then stop fetching, let in-flight work finish (or nak it), drain."""
+        await self.stop.wait()
+        log.info("%s: stopping", self.name)
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=grace_s)
+            for task in pending:
+                task.cancel()  # handlers nak what they hold
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self._stack.aclose()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None and not self.stop.is_set():
+            log.error("%s: background task died: %r", self.name, task.exception())
+            self.stop.set()  # let the supervisor restart us rather than limp on
+
+    async def _heartbeat_loop(self) -> None:
+        while not self.stop.is_set():
+            beat = events.Heartbeat(
+                service=self.name,
+                instance=self.instance,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                started_at=self.started_at,
+                interval_s=self.settings.heartbeat_s,
+                handled=self.metrics.total(self.metrics.handled),
+                failed=self.metrics.total(self.metrics.failed),
+                in_flight=self.metrics.total(self.metrics.in_flight),
+            )
+            if self.nc is not None and self.nc.is_connected:
+                with contextlib.suppress(nats.errors.Error):
+                    await self.nc.publish(events.subject_for(beat), events.encode(beat))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), self.settings.heartbeat_s)
+
+    async def _start_health(self) -> None:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.health_host, self.settings.health_port)
+        await site.start()
+        self._stack.push_async_callback(runner.cleanup)
+        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        self.health_port = sockets[0].getsockname()[1] if sockets else self.settings.health_port
+        log.info(
+            "%s: health on http://%s:%s", self.name, self.settings.health_host, self.health_port
+        )
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        connected = bool(self.nc and self.nc.is_connected)
+        body = {
+            "service": self.name,
+            "instance": self.instance,
+            "nats": "connected" if connected else "disconnected",
+            "status": "ok" if connected and not self.stop.is_set() else "degraded",
+            "uptime_s": round(time.time() - self.started_at, 1),
+        }
+        return web.json_response(body, status=200 if body["status"] == "ok" else 503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def _close_nats(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            try:
+                await asyncio.wait_for(self.nc.drain(), 10)
+            except (TimeoutError, nats.errors.Error):
+                await self.nc.close()
+
+    async def _on_disconnect(self) -> None:
+        log.warning("%s: disconnected from NATS; reconnecting", self.name)
+
+    async def _on_reconnect(self) -> None:
+        log.warning("%s: reconnected to NATS at %s", self.name, self.nc and self.nc.connected_url)
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.debug("%s: NATS error: %r", self.name, exc)
+
+
+def _with_settings(spec: subjects.ConsumerSpec, settings: Settings) -> subjects.ConsumerSpec:
+    # DIGITS_ACK_WAIT_S / DIGITS_MAX_DELIVER replace the defaults, not a spec's own choices.
+    defaults = subjects.ConsumerSpec("", "", ())
+    changes: dict[str, object] = {}
+    if spec.ack_wait_s == defaults.ack_wait_s:
+        changes["ack_wait_s"] = settings.ack_wait_s
+    if spec.max_deliver == defaults.max_deliver:
+        changes["max_deliver"] = settings.max_deliver
+    return replace(spec, **changes)
+
+
+async def _unsubscribe(sub: object) -> None:
+    with contextlib.suppress(nats.errors.Error):
+        await sub.unsubscribe()  # type: ignore[attr-defined]
+
+
+Setup = Callable[[ServiceRuntime], Awaitable[None]]
+
+
+async def serve(name: str, setup: Setup, settings: Settings | None = None) -> None:
+    """Run a service until SIGTERM/SIGINT: start, let ``setup`` add handlers, wait, drain."""
+    settings = settings or Settings.from_env()
+    runtime = ServiceRuntime(name, settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runtime.stop.set)
+    await runtime.start()
+    await setup(runtime)
+    log.info("%s: ready (instance %s)", name, runtime.instance)
+    await runtime.wait()
+    log.info("%s: stopped", name)
+
+
+def main(name: str, setup: Setup) -> int:
+    """Entry point of ``python -m <service>``: configure logging, run, exit 0 on a clean stop."""
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"{name}: configuration error: {exc}", flush=True)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
+    )
+    asyncio.run(serve(name, setup, settings))
+    return 0

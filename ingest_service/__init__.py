@@ -1,0 +1,1 @@
+"""Dataset jobs and job commands: itemize, shard, write LMDB, finalize."""

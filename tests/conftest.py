@@ -1,0 +1,37 @@
+"""Shared fixtures: a real nats-server with JetStream on free ports, a real S3 endpoint (moto)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import nats
+import pytest
+
+from digits.natsserver import NatsServer
+
+
+@pytest.fixture
+def nats_server(tmp_path) -> Iterator[NatsServer]:
+    """A fresh nats-server with JetStream, its store in the test's temporary directory."""
+    server = NatsServer(tmp_path / "jetstream").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[nats.NATS]:
+    """A client connected to the test's nats-server."""
+    client = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique name, so tests never collide on shared resources."""
+    return uuid.uuid4().hex[:8]

@@ -1,0 +1,132 @@
+"""`digits up`: the embedded stack starts, reports every service alive, and stops cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import nats
+import psutil
+import pytest
+
+from digits import jobs
+from digits.natsserver import free_port
+from tests.integration.test_jobs import job_store, new_job
+from tests.waiting import wait_for_sync
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def health(port: int) -> dict | None:
+    """The gateway's /healthz.json, or None while it is not answering."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz.json", timeout=2) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+class Stack:
+    """A `digits up` process in a data dir."""
+
+    def __init__(self, data_dir, log_path) -> None:
+        self.port, self.nats_port = free_port(), free_port()
+        self.log_path = log_path
+        with open(log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "digits.cli",
+                    "up",
+                    "--data-dir",
+                    str(data_dir),
+                    "--port",
+                    str(self.port),
+                    "--nats-port",
+                    str(self.nats_port),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def all_alive(self) -> dict | None:
+        """The health report once NATS and all four services are alive."""
+        if self.proc.poll() is not None:
+            raise AssertionError(f"digits up exited: {self.log_path.read_text()}")
+        report = health(self.port)
+        return report if report and report["status"] == "ok" else None
+
+    def children(self) -> list[psutil.Process]:
+        """Every process `digits up` started (services and nats-server)."""
+        return psutil.Process(self.proc.pid).children(recursive=True)
+
+    def interrupt(self) -> int:
+        """Ctrl-C, as a person would; the exit code."""
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(60)
+
+
+async def create_job(nats_url: str) -> str:
+    """Create a job record directly on the stack's NATS; its id."""
+    nc = await nats.connect(nats_url)
+    try:
+        store = await job_store(nc)
+        return (await store.create(new_job("survives restarts"))).id
+    finally:
+        await nc.close()
+
+
+async def find_job(nats_url: str, job_id: str) -> jobs.Job:
+    """Read a job record from the stack's NATS."""
+    nc = await nats.connect(nats_url)
+    try:
+        return await (await job_store(nc)).get(job_id)
+    finally:
+        await nc.close()
+
+
+def test_digits_up_runs_the_stack_and_a_restart_finds_its_jobs(tmp_path):
+    data_dir = tmp_path / "digits"
+    stack = Stack(data_dir, tmp_path / "up-1.log")
+    try:
+        report = wait_for_sync(stack.all_alive, timeout=60, interval=0.5)
+        assert set(report["services"]) == {"gateway", "ingest", "train", "view"}
+        assert all(s["alive"] for s in report["services"].values())
+        assert report["nats"]["connected"] is True
+        children = stack.children()
+        names = " ".join(" ".join(p.cmdline()) for p in children)
+        for module in ("gateway", "ingest_service", "train_service", "view_service", "nats-server"):
+            assert module in names
+        nats_url = f"nats://127.0.0.1:{stack.nats_port}"
+        job_id = asyncio.run(create_job(nats_url))
+        crashed = next(p for p in children if "train_service" in " ".join(p.cmdline()))
+        crashed.kill()  # the supervisor restarts it
+
+        def train_restarted() -> bool:
+            cmdlines = [" ".join(p.cmdline()) for p in stack.children() if p.is_running()]
+            return any("train_service" in c for c in cmdlines) and bool(stack.all_alive())
+
+        wait_for_sync(train_restarted, timeout=60, interval=0.5)
+        children = stack.children()
+    finally:
+        code = stack.interrupt()
+    assert code == 0, stack.log_path.read_text()
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"still running after SIGINT: {alive}"
+    assert (data_dir / "jetstream").is_dir() and (data_dir / "secret.key").is_file()
+
+    again = Stack(data_dir, tmp_path / "up-2.log")
+    try:
+        wait_for_sync(again.all_alive, timeout=60, interval=0.5)
+        job = asyncio.run(find_job(f"nats://127.0.0.1:{again.nats_port}", job_id))
+        assert job.name == "survives restarts"
+    finally:
+        assert again.interrupt() == 0

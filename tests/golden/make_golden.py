@@ -1,0 +1,58 @@
+"""Write a golden .msgpack file for each v1 event that has none yet (never rewrite old ones).
+
+Run ``python -m tests.golden.make_golden`` after adding an event type; commit the new file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from digits import events
+
+HERE = Path(__file__).parent
+BASE = {"event_id": "0123456789abcdef0123456789abcdef", "occurred_at": 1795737600.25}
+JOB = "20261127-000000-beef"
+
+SAMPLES: dict[type[events.Event], dict] = {
+    events.DatasetCreate: {
+        "name": "mnist",
+        "form": {"folder_train": "/data/mnist/train", "resize_width": 28},
+        "group": "digits",
+        "owner": "alice",
+    },
+    events.ModelCreate: {"name": "lenet", "dataset_id": JOB, "form": {"train_epochs": 30}},
+    events.JobAbort: {"job_id": JOB, "reason": "wrong dataset"},
+    events.JobDelete: {"job_id": JOB},
+    events.JobEdit: {"job_id": JOB, "name": "mnist (28x28)", "notes": "first try"},
+    events.JobStatusChanged: {"job_id": JOB, "job_type": "dataset", "status": "R", "previous": "I"},
+    events.StageProgress: {
+        "job_id": JOB,
+        "stage": "Create DB (train)",
+        "status": "R",
+        "progress": 0.5,
+        "done": 30000,
+        "total": 60000,
+    },
+    events.JobUpdated: {"job_id": JOB, "fields": ["name", "notes"]},
+    events.JobDeleted: {"job_id": JOB},
+    events.CommandRejected: {
+        "command_type": "job.delete",
+        "command_id": "fedcba9876543210fedcba9876543210",
+        "reason": "used by lenet",
+        "job_id": JOB,
+    },
+    events.Heartbeat: {"service": "ingest", "instance": "node-1-42-ab12", "pid": 42},
+}
+
+
+def main() -> None:
+    """Write the missing fixtures."""
+    for cls, fields in SAMPLES.items():
+        path = HERE / f"{events.tag_of(cls)}.msgpack"
+        if not path.exists():
+            path.write_bytes(events.encode(cls(**BASE, **fields)))
+            print(f"wrote {path.name}")
+
+
+if __name__ == "__main__":
+    main()

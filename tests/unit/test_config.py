@@ -1,0 +1,55 @@
+"""Settings.from_env: defaults, parsing, and errors that name the bad value."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from digits.config import ConfigError, Settings
+
+
+def test_defaults_put_everything_under_the_data_dir(tmp_path):
+    settings = Settings.from_env({"DIGITS_DATA_DIR": str(tmp_path)})
+    assert settings.nats_urls == ("nats://127.0.0.1:4222",)
+    assert settings.store_url == (tmp_path / "store").as_uri()
+    assert settings.replicas == 1 and settings.max_deliver == 5
+
+
+def test_a_list_of_nats_servers_and_an_s3_store():
+    env = {
+        "DIGITS_NATS_URL": "nats://a:4222, nats://b:4222,tls://c:4222",
+        "DIGITS_STORE_URL": "s3://artifacts/digits",
+        "DIGITS_S3_ENDPOINT_URL": "http://minio:9000",
+        "DIGITS_DATA_ROOTS": os.pathsep.join(["/data", "/srv/images"]),
+        "DIGITS_REPLICAS": "3",
+    }
+    settings = Settings.from_env(env)
+    assert settings.nats_urls == ("nats://a:4222", "nats://b:4222", "tls://c:4222")
+    assert settings.store_url == "s3://artifacts/digits"
+    assert settings.data_roots == ("/data", "/srv/images")
+    assert Settings.from_env(settings.to_env()) == settings
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "message"),
+    [
+        ("DIGITS_NATS_URL", "http://x:4222", "'http://x:4222' is not a NATS URL"),
+        ("DIGITS_REPLICAS", "three", "DIGITS_REPLICAS='three' is not an integer"),
+        ("DIGITS_REPLICAS", "9", "DIGITS_REPLICAS='9' is out of range; expected 1..5"),
+        ("DIGITS_ACK_WAIT_S", "-1", "DIGITS_ACK_WAIT_S='-1' is out of range"),
+        ("DIGITS_STORE_URL", "ftp://x", "DIGITS_STORE_URL='ftp://x' is not supported"),
+        ("DIGITS_NATS_CREDS", "/no/such.creds", "DIGITS_NATS_CREDS='/no/such.creds': no such"),
+        ("DIGITS_LOG_LEVEL", "LOUD", "DIGITS_LOG_LEVEL='LOUD' is not one of"),
+        ("DIGITS_ALLOW_PYTHON_NETWORKS", "maybe", "'maybe' is not a boolean"),
+    ],
+)
+def test_bad_values_are_named(var, value, message):
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({var: value})
+    assert message in str(info.value)
+
+
+def test_the_secret_key_never_shows_in_repr():
+    settings = Settings.from_env({"DIGITS_SECRET_KEY": "s3cr3t-key-material"})
+    assert "s3cr3t" not in repr(settings)

@@ -1,0 +1,1 @@
+"""Inference and visualization over NATS request/reply, served by a queue group."""
