@@ -129,7 +129,7 @@ async def ensure_kv(js: JetStreamContext, replicas: int = 1) -> dict[str, KeyVal
     return buckets
 
 
-def consumer_config(spec: ConsumerSpec, settings: Settings | None = None) -> ConsumerConfig:
+def consumer_config(spec: ConsumerSpec) -> ConsumerConfig:
     """The JetStream configuration of a durable pull consumer spec."""
     filters = list(spec.filter_subjects)
     return ConsumerConfig(
@@ -150,8 +150,8 @@ async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
     try:
         await js.add_consumer(spec.stream, config)
     except nats.js.errors.BadRequestError:
-        # It exists with another config: adding with the same durable name updates it.
-        log.warning("consumer %s exists with another config; keeping it", spec.durable)
+        # The server refused the change (e.g. another filter): the existing config stays.
+        log.warning("consumer %s exists with a config that cannot change; keeping it", spec.durable)
 
 
 async def ensure_all(js: JetStreamContext, replicas: int = 1) -> dict[str, KeyValue]:
@@ -268,45 +268,54 @@ class Worker:
         self.batch = batch
         self.fetch_timeout = fetch_timeout
         self.retry_delay = retry_delay
-        self._labels = (metrics.service if metrics else "", spec.durable)
+        self._held: dict[int, Msg] = {}  # by id(): Msg is not hashable
+        self._m = _WorkerMetrics(metrics, spec.durable) if metrics else None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch and handle until ``stop`` is set, then finish or nak what is held."""
         await ensure_consumer(self.js, self.spec)
         sub = await self.js.pull_subscribe_bind(self.spec.durable, stream=self.spec.stream)
+        beat = asyncio.ensure_future(self._keep_alive())
         try:
             while not stop.is_set():
                 try:
                     msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout)
-                except nats.errors.TimeoutError:
-                    continue  # nothing yet
+                except TimeoutError:
+                    continue  # nothing yet (nats' own TimeoutError is one too)
                 except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
                     # Disconnected or the server is restarting: leave it to redelivery.
                     log.debug("%s: fetch failed: %r", self.spec.durable, exc)
                     await _sleep_or_stop(stop, 0.5)
                     continue
+                if len(msgs) == 1:
+                    await self._handle_logged(msgs[0])
+                    continue
                 # gather() cancels the handlers if this loop is cancelled: they nak.
-                results = await asyncio.gather(
-                    *(self.handle(m) for m in msgs), return_exceptions=True
-                )
-                for result in results:
-                    if isinstance(result, Exception):
-                        log.error("%s: %r", self.spec.durable, result)
+                await asyncio.gather(*(self._handle_logged(m) for m in msgs))
         finally:
+            beat.cancel()
             try:
                 await sub.unsubscribe()
             except Exception:  # noqa: BLE001 - closing on the way out
                 pass
 
+    async def _handle_logged(self, msg: Msg) -> None:
+        try:
+            await self.handle(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - settling failed; the server redelivers
+            log.error("%s: %r", self.spec.durable, exc)
+
     async def handle(self, msg: Msg) -> None:
         """Run the handler on one message and settle it: ack, nak(delay), term + dead letter."""
-        meta = msg.metadata
-        deliveries = meta.num_delivered or 1
-        if self.metrics:
+        deliveries = msg.metadata.num_delivered or 1
+        m = self._m
+        if m:
             if deliveries > 1:
-                self.metrics.redelivered.labels(*self._labels).inc()
-            self.metrics.in_flight.labels(*self._labels).inc()
-        beat = asyncio.ensure_future(self._keep_alive(msg))
+                m.redelivered.inc()
+            m.in_flight.inc()
+        self._held[id(msg)] = msg
         started = time.perf_counter()
         try:
             await self.handler(msg)
@@ -330,18 +339,18 @@ class Worker:
                     delay,
                     _reason(exc),
                 )
-                if self.metrics:
-                    self.metrics.failed.labels(*self._labels, "nak").inc()
+                if m:
+                    m.nak.inc()
                 await _quietly(msg.nak(delay=delay))
         else:
             await _quietly(msg.ack())
-            if self.metrics:
-                self.metrics.handled.labels(*self._labels).inc()
+            if m:
+                m.handled.inc()
         finally:
-            beat.cancel()
-            if self.metrics:
-                self.metrics.in_flight.labels(*self._labels).dec()
-                self.metrics.latency.labels(*self._labels).observe(time.perf_counter() - started)
+            self._held.pop(id(msg), None)
+            if m:
+                m.in_flight.dec()
+                m.latency.observe(time.perf_counter() - started)
 
     def _backoff(self, deliveries: int) -> float:
         return min(self.retry_delay * 2 ** (deliveries - 1), 30.0)
@@ -361,16 +370,35 @@ class Worker:
             headers=dict(msg.headers or {}),
         )
         await _quietly(msg.term())
-        if self.metrics:
-            self.metrics.failed.labels(*self._labels, "term").inc()
-            self.metrics.dead_lettered.labels(*self._labels).inc()
+        if self._m:
+            self._m.term.inc()
+            self._m.dead_lettered.inc()
 
-    async def _keep_alive(self, msg: Msg) -> None:
-        # in_progress() heartbeats well inside ack_wait, so long work is not redelivered.
+    async def _keep_alive(self) -> None:
+        # One loop for every held message: in_progress() well inside ack_wait, so long work is
+        # not redelivered (a message held for less than an interval is never touched).
         interval = max(self.spec.ack_wait_s / 3, 0.05)
+        seen: set[int] = set()
         while True:
             await asyncio.sleep(interval)
-            await _quietly(msg.in_progress())
+            held = dict(self._held)
+            for key in held.keys() & seen:
+                await _quietly(held[key].in_progress())
+            seen = set(held)
+
+
+class _WorkerMetrics:
+    """A worker's labelled metric children, looked up once."""
+
+    def __init__(self, metrics: Metrics, consumer: str) -> None:
+        labels = (metrics.service, consumer)
+        self.handled = metrics.handled.labels(*labels)
+        self.nak = metrics.failed.labels(*labels, "nak")
+        self.term = metrics.failed.labels(*labels, "term")
+        self.redelivered = metrics.redelivered.labels(*labels)
+        self.dead_lettered = metrics.dead_lettered.labels(*labels)
+        self.in_flight = metrics.in_flight.labels(*labels)
+        self.latency = metrics.latency.labels(*labels)
 
 
 async def forward_max_deliveries(js: JetStreamContext, msg: Msg) -> None:

@@ -10,6 +10,7 @@ from nats.js import JetStreamContext
 
 from digits import bus, events
 from digits.jobs import ABORTED, STATUS_NAMES, TERMINAL, JobError, JobStore
+from digits.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,17 @@ HANDLERS: dict[type, Callable[[JobStore, JobCommand], Awaitable[None]]] = {
 }
 
 
-async def handle_job_command(js: JetStreamContext, jobs: JobStore, msg: Msg) -> None:
+async def handle_job_command(
+    js: JetStreamContext, jobs: JobStore, msg: Msg, store: Store | None = None
+) -> None:
     """Decode a job command and carry it out; a refusal is published as command.rejected."""
     cmd = events.decode(msg.data, JobCommand)  # malformed: the worker dead-letters it
     try:
+        job_type = (await jobs.get(cmd.job_id)).type
         await HANDLERS[type(cmd)](jobs, cmd)
+        if isinstance(cmd, events.JobDelete) and store is not None:
+            # The record is gone; its files follow (datasets/<id>/ or models/<id>/).
+            await store.delete_prefix(f"{job_type}s/{cmd.job_id}/")
     except JobError as exc:
         log.info("%s %s rejected: %s", events.tag_of(type(cmd)), cmd.job_id, exc)
         rejected = events.CommandRejected(

@@ -38,6 +38,8 @@ class Settings:
     ack_wait_s: float = 30.0
     max_deliver: int = 5
     worker_batch: int = 1
+    ingest_procs: int = 0
+    shard_size: int = 1000
     log_level: str = "INFO"
     allow_python_networks: bool = False
 
@@ -75,6 +77,8 @@ class Settings:
             kw["secret_key"] = get("DIGITS_SECRET_KEY")
         ints = {"replicas": (1, 5), "health_port": (0, 65535), "max_deliver": (1, 1000)}
         ints["worker_batch"] = (1, 1000)
+        ints["ingest_procs"] = (0, 256)
+        ints["shard_size"] = (1, 1_000_000)
         for name, (lo, hi) in ints.items():
             var = f"DIGITS_{name.upper()}"
             if get(var):
@@ -120,6 +124,8 @@ class Settings:
             "DIGITS_ACK_WAIT_S": str(self.ack_wait_s),
             "DIGITS_MAX_DELIVER": str(self.max_deliver),
             "DIGITS_WORKER_BATCH": str(self.worker_batch),
+            "DIGITS_INGEST_PROCS": str(self.ingest_procs),
+            "DIGITS_SHARD_SIZE": str(self.shard_size),
             "DIGITS_LOG_LEVEL": self.log_level,
             "DIGITS_HEALTH_HOST": self.health_host,
         }

@@ -76,6 +76,28 @@ class JobEdit(Event, frozen=True, kw_only=True, tag="job.edit"):
     notes: str | None = None
 
 
+# --- work items (DIGITS_WORK) ---------------------------------------------------------------
+
+
+class IngestShard(Event, frozen=True, kw_only=True, tag="ingest.shard"):
+    """Encode one shard of a dataset stage: its entries are stored at ``entries_key``."""
+
+    job_id: str
+    stage: str
+    shard: int
+    shards: int
+    entries_key: str
+    count: int
+    version: int = 1
+
+
+class IngestFinalize(Event, frozen=True, kw_only=True, tag="ingest.finalize"):
+    """Every shard of a dataset version is written: compute mean, histogram, manifest."""
+
+    job_id: str
+    version: int = 1
+
+
 # --- facts (DIGITS_EVT) ----------------------------------------------------------------------
 
 
@@ -113,6 +135,27 @@ class JobDeleted(Event, frozen=True, kw_only=True, tag="job.deleted"):
     job_id: str
 
 
+class DatasetReady(Event, frozen=True, kw_only=True, tag="dataset.ready"):
+    """A dataset is complete: its manifest is at ``manifest_url``."""
+
+    job_id: str
+    manifest_url: str
+    version: int = 1
+    counts: dict[str, int] = msgspec.field(default_factory=dict)
+    skipped: dict[str, int] = msgspec.field(default_factory=dict)
+    num_labels: int = 0
+
+
+class DatasetUpdated(Event, frozen=True, kw_only=True, tag="dataset.updated"):
+    """A dataset grew by a new version (objects landed in a watched bucket prefix)."""
+
+    job_id: str
+    manifest_url: str
+    version: int
+    added: dict[str, int] = msgspec.field(default_factory=dict)
+    counts: dict[str, int] = msgspec.field(default_factory=dict)
+
+
 class CommandRejected(Event, frozen=True, kw_only=True, tag="command.rejected"):
     """A command could not be carried out; ``reason`` says why."""
 
@@ -140,8 +183,17 @@ class Heartbeat(Event, frozen=True, kw_only=True, tag="service.heartbeat"):
 
 
 Command = DatasetCreate | ModelCreate | JobAbort | JobDelete | JobEdit
-Fact = JobStatusChanged | StageProgress | JobUpdated | JobDeleted | CommandRejected
-AnyEvent = Command | Fact | Heartbeat
+Work = IngestShard | IngestFinalize
+Fact = (
+    JobStatusChanged
+    | StageProgress
+    | JobUpdated
+    | JobDeleted
+    | DatasetReady
+    | DatasetUpdated
+    | CommandRejected
+)
+AnyEvent = Command | Work | Fact | Heartbeat
 
 ALL_EVENTS: tuple[type[Event], ...] = (
     DatasetCreate,
@@ -149,10 +201,14 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     JobAbort,
     JobDelete,
     JobEdit,
+    IngestShard,
+    IngestFinalize,
     JobStatusChanged,
     StageProgress,
     JobUpdated,
     JobDeleted,
+    DatasetReady,
+    DatasetUpdated,
     CommandRejected,
     Heartbeat,
 )
@@ -163,6 +219,19 @@ COMMAND_SUBJECTS: dict[type[Event], str] = {
     JobAbort: subjects.CMD_JOB_ABORT,
     JobDelete: subjects.CMD_JOB_DELETE,
     JobEdit: subjects.CMD_JOB_EDIT,
+    IngestShard: subjects.WORK_INGEST_SHARD,
+    IngestFinalize: subjects.WORK_INGEST_FINALIZE,
+}
+
+# The last tokens of a fact's subject, after digits.v1.evt.job.<job_id>.
+JOB_EVENT_NAMES: dict[type[Event], str] = {
+    JobStatusChanged: "status",
+    StageProgress: "stage",
+    JobUpdated: "updated",
+    JobDeleted: "deleted",
+    CommandRejected: "rejected",
+    DatasetReady: "dataset.ready",
+    DatasetUpdated: "dataset.updated",
 }
 
 _encoder = msgspec.msgpack.Encoder()
@@ -194,11 +263,16 @@ def subject_for(event: Event) -> str:
     if isinstance(event, Heartbeat):
         return subjects.heartbeat(event.service, event.instance)
     job_id = getattr(event, "job_id", None)
+    name = JOB_EVENT_NAMES.get(type(event), tag_of(type(event)))
     if job_id:
-        return subjects.evt_job(job_id, tag_of(type(event)).split(".", 1)[1])
-    return f"{subjects.EVT}.{tag_of(type(event))}"
+        return subjects.evt_job(job_id, name)
+    return f"{subjects.EVT}.{name}"
 
 
 def msg_id_for(event: Event) -> str:
-    """A deduplication id derived from the event's content (its id and type)."""
+    """A deduplication id derived from the event's content."""
+    if isinstance(event, IngestShard):
+        return f"shard:{event.job_id}/v{event.version}/{event.stage}/{event.shard}"
+    if isinstance(event, IngestFinalize):
+        return f"finalize:{event.job_id}/v{event.version}"
     return f"{tag_of(type(event))}:{event.event_id}"

@@ -115,6 +115,10 @@ class ServiceRuntime:
         sub = await self.nc.subscribe(subject, queue=queue, cb=on_request)
         self._stack.push_async_callback(_unsubscribe, sub)
 
+    def defer(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run ``callback`` when the service stops (after the workers, before NATS closes)."""
+        self._stack.push_async_callback(callback)
+
     async def publish(self, event: events.Event) -> None:
         """Publish an event on its subject."""
         assert self.js is not None, "start() first"

@@ -24,6 +24,7 @@ CMD_JOB_EDIT = f"{CMD}.job.edit"
 
 # Work items, one message per unit of work.
 WORK_INGEST_SHARD = f"{WORK}.ingest.shard"
+WORK_INGEST_FINALIZE = f"{WORK}.ingest.finalize"
 WORK_TRAIN = f"{WORK}.train"
 
 # Inference and other synchronous queries (core NATS request/reply, queue groups).
@@ -49,7 +50,7 @@ KV_IDEM = "digits-idem"
 CONSUMER_JOB_COMMANDS = "job-commands"
 CONSUMER_DATASET_COMMANDS = "dataset-commands"
 CONSUMER_MODEL_COMMANDS = "model-commands"
-CONSUMER_INGEST_SHARDS = "ingest-shards"
+CONSUMER_INGEST = "ingest-work"
 CONSUMER_TRAIN = "train"
 CONSUMER_DLQ_FORWARDER = "dlq-forwarder"
 
@@ -123,7 +124,7 @@ CONSUMERS: dict[str, ConsumerSpec] = {
         ConsumerSpec(CONSUMER_JOB_COMMANDS, STREAM_CMD, (f"{CMD}.job.>",)),
         ConsumerSpec(CONSUMER_DATASET_COMMANDS, STREAM_CMD, (f"{CMD}.dataset.>",)),
         ConsumerSpec(CONSUMER_MODEL_COMMANDS, STREAM_CMD, (f"{CMD}.model.>",)),
-        ConsumerSpec(CONSUMER_INGEST_SHARDS, STREAM_WORK, (WORK_INGEST_SHARD,), ack_wait_s=120.0),
+        ConsumerSpec(CONSUMER_INGEST, STREAM_WORK, (f"{WORK}.ingest.>",), ack_wait_s=60.0),
         ConsumerSpec(CONSUMER_TRAIN, STREAM_WORK, (WORK_TRAIN,), ack_wait_s=60.0, max_deliver=3),
         ConsumerSpec(CONSUMER_DLQ_FORWARDER, STREAM_ADVISORY, (ADVISORY_MAX_DELIVERIES,)),
     )

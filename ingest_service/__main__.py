@@ -1,13 +1,20 @@
-"""``python -m ingest_service``: the dataset and job-command worker."""
+"""``python -m ingest_service``: dataset jobs (coordinator and shard workers) and job commands."""
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
+import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 
 from digits import subjects
 from digits.commands import handle_job_command
+from digits.secrets import SecretBox, SecretStore
 from digits.service import ServiceRuntime, main
+from digits.store import store_from_settings
+from ingest_service.pipeline import Pipeline
 
 NAME = "ingest"
 
@@ -15,10 +22,27 @@ NAME = "ingest"
 async def setup(rt: ServiceRuntime) -> None:
     """Register this service's consumers."""
     assert rt.js is not None and rt.jobs is not None
+    settings = rt.settings
+    store = store_from_settings(settings)
+    rt.defer(store.close)
+    secrets = None
+    if settings.secret_key:
+        secrets = SecretStore(rt.kv[subjects.KV_SECRETS], SecretBox(settings.secret_key))
+    size = settings.ingest_procs or os.cpu_count() or 1
+    # spawn: the encoding processes must not inherit the event loop or the NATS sockets.
+    pool = ProcessPoolExecutor(size, mp_context=multiprocessing.get_context("spawn"))
+
+    async def shutdown_pool() -> None:
+        await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
+
+    rt.defer(shutdown_pool)
+    pipeline = Pipeline(rt.js, rt.jobs, store, settings, secrets, pool, size)
     rt.add_worker(
         subjects.CONSUMERS[subjects.CONSUMER_JOB_COMMANDS],
-        partial(handle_job_command, rt.js, rt.jobs),
+        partial(handle_job_command, rt.js, rt.jobs, store=store),
     )
+    rt.add_worker(subjects.CONSUMERS[subjects.CONSUMER_DATASET_COMMANDS], pipeline.on_create)
+    rt.add_worker(subjects.CONSUMERS[subjects.CONSUMER_INGEST], pipeline.on_work)
 
 
 if __name__ == "__main__":

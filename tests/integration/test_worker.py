@@ -104,9 +104,13 @@ async def test_poison_message_is_dead_lettered_and_the_worker_goes_on(js, runnin
     assert reason == "gave up after 3 deliveries: ValueError: cannot parse 'poison'"
     assert letter.headers[bus.H_SUBJECT] == spec.filter_subjects[0]
     assert letter.headers[bus.H_DELIVERIES] == "3"
+
     # The poison message is gone from the work queue: terminated, not redelivered.
-    info = await js.consumer_info(subjects.STREAM_WORK, unique)
-    assert info.num_pending == 0 and info.num_ack_pending == 0
+    async def settled() -> bool:
+        info = await js.consumer_info(subjects.STREAM_WORK, unique)
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    await wait_for(settled, timeout=5)
     assert b'digits_messages_dead_lettered_total{consumer="' in metrics.render()
 
 

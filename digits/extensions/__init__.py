@@ -1,0 +1,1 @@
+"""DIGITS extensions: data ingestion (``digits.extensions.data``) and views, with DIGITS's paths."""

@@ -1,0 +1,5 @@
+"""Built-in image classification data extension (id "image-classification")."""
+
+from .data import DataIngestion
+
+__all__ = ["DataIngestion"]

@@ -1,0 +1,54 @@
+"""Confine user-supplied filesystem paths to the configured data roots (DIGITS_DATA_ROOTS)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class PathNotAllowed(ValueError):
+    """A path lies outside the data roots, or no data roots are configured."""
+
+
+def resolve_roots(roots: Sequence[str]) -> tuple[Path, ...]:
+    """Resolve each data root (``~`` expanded, symlinks followed); empty entries are dropped."""
+    return tuple(Path(os.path.expanduser(str(r))).resolve() for r in roots if str(r).strip())
+
+
+def confine(path: str | os.PathLike[str], roots: Sequence[str]) -> Path:
+    """Return ``path`` resolved (symlinks followed); PathNotAllowed if outside ``roots``."""
+    text = os.fspath(path)
+    resolved_roots = resolve_roots(roots)
+    if not resolved_roots:
+        raise PathNotAllowed(
+            f"path {text!r} is not allowed: no data roots are configured "
+            "(DIGITS_DATA_ROOTS is not set)"
+        )
+    if not text.strip():
+        raise PathNotAllowed("an empty path is not allowed; give an absolute path in a data root")
+    if "\x00" in text:
+        raise PathNotAllowed(f"path {text!r} contains a NUL byte")
+    expanded = Path(os.path.expanduser(text))
+    if not expanded.is_absolute():
+        raise PathNotAllowed(f"path {text!r} is not absolute; give an absolute path in a data root")
+    try:
+        resolved = expanded.resolve()
+    except (OSError, RuntimeError) as exc:  # symlink loops, unreadable components
+        raise PathNotAllowed(f"path {text!r} cannot be resolved: {exc}") from exc
+    if any(resolved.is_relative_to(root) for root in resolved_roots):
+        return resolved
+    shown = os.pathsep.join(str(r) for r in resolved_roots)
+    raise PathNotAllowed(
+        f"path {text!r} (resolved to {str(resolved)!r}) is outside the data roots {shown!r} "
+        "(DIGITS_DATA_ROOTS)"
+    )
+
+
+def is_within(path: str | os.PathLike[str], roots: Sequence[str]) -> bool:
+    """Whether ``confine`` would accept ``path``."""
+    try:
+        confine(path, roots)
+    except PathNotAllowed:
+        return False
+    return True

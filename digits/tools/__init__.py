@@ -1,0 +1,1 @@
+"""Command-line tools that come with DIGITS, such as ``upload_s3_data``."""

@@ -1,0 +1,90 @@
+"""Encoding entries in worker processes: ``encode_entry``, sample encoding, mean sums."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from digits.dataset import MeanAccumulator, encode_sample
+
+MAX_REASONS = 20
+
+# One extension instance per (extension, form) in each process: plugins may be costly to build.
+_instances: dict[tuple[str, str], Any] = {}
+
+
+class ChunkResult(msgspec.Struct, kw_only=True):
+    """What a worker process returns for a chunk of entries."""
+
+    samples: list[bytes]
+    written: int = 0
+    skipped: int = 0
+    reasons: list[str] = msgspec.field(default_factory=list)
+    histogram: dict[str, int] = msgspec.field(default_factory=dict)
+    mean: bytes | None = None
+    shape: list[int] | None = None
+    dtype: str | None = None
+
+
+def extension_instance(extension_id: str, form: dict[str, Any]) -> Any:
+    """The (cached) data extension built from its form, as DIGITS built it."""
+    key = (extension_id, json.dumps(form, sort_keys=True, default=str))
+    instance = _instances.get(key)
+    if instance is None:
+        from digits.extensions.data import get_extension
+
+        instance = get_extension(extension_id)(is_inference_db=False, **form)
+        _instances.clear()  # keep one: a worker serves one shard at a time
+        _instances[key] = instance
+    return instance
+
+
+def encode_chunk(
+    extension_id: str,
+    form: dict[str, Any],
+    entries: list[Any],
+    encoding: str,
+    want_mean: bool,
+) -> ChunkResult:
+    """Encode entries; an entry that fails is skipped and counted with its reason."""
+    ext = extension_instance(extension_id, form)
+    result = ChunkResult(samples=[])
+    mean = MeanAccumulator() if want_mean else None
+    for entry in entries:
+        try:
+            out = ext.encode_entry(entry)
+            items = [(f, _plain(lb)) for f, lb in (out if isinstance(out, list) else [out])]
+            encoded = [encode_sample(feature, label, encoding) for feature, label in items]
+        except Exception as exc:  # noqa: BLE001 - a bad entry is counted, never fatal
+            result.skipped += 1
+            if len(result.reasons) < MAX_REASONS:
+                result.reasons.append(f"{_describe(entry)}: {exc}")
+            continue
+        for feature, label in items:
+            if result.shape is None:
+                shape = list(feature.shape)
+                result.shape = shape if len(shape) == 3 else [*shape, 1]
+                result.dtype = str(feature.dtype)
+            if mean is not None:
+                mean.add(feature)
+            if isinstance(label, int):
+                result.histogram[str(label)] = result.histogram.get(str(label), 0) + 1
+        result.samples.extend(encoded)
+        result.written += 1
+    if mean is not None and mean.count:
+        result.mean = mean.to_bytes()
+    return result
+
+
+def _plain(label: Any) -> Any:
+    # numpy integer labels become Python ints (msgpack and the histogram want them).
+    return int(label) if isinstance(label, np.integer) else label
+
+
+def _describe(entry: Any) -> str:
+    if isinstance(entry, list | tuple) and entry:
+        return str(entry[0])
+    return str(entry)[:200]

@@ -1,0 +1,301 @@
+"""Dataset jobs: a create command is itemized into shards of work; the last shard finalizes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import msgspec
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from digits import bus, events, jobs
+from digits.config import Settings
+from digits.dataset import ShardWriter
+from digits.jobs import Job, JobNotFound, JobStore, Stage
+from digits.secrets import SecretError, SecretStore, open_form, seal_form
+from digits.store import Store
+from digits.utils.constants import TEST_DB, TRAIN_DB, VAL_DB
+from ingest_service import finalize
+from ingest_service.encode import ChunkResult, encode_chunk
+
+log = logging.getLogger(__name__)
+
+STAGES = (TRAIN_DB, VAL_DB, TEST_DB)
+STAGE_TITLES = {
+    TRAIN_DB: "Create DB (train)",
+    VAL_DB: "Create DB (val)",
+    TEST_DB: "Create DB (test)",
+}
+CHUNK = 64  # entries per task handed to an encoding process
+
+
+def parse_title(extension: str) -> str:
+    """The first stage's name, as DIGITS showed it."""
+    return "Parse Folder (train/val)" if extension == "image-classification" else "Parse entries"
+
+
+def dataset_key(job_id: str, *parts: str) -> str:
+    """A key under the dataset's folder in the artifact store."""
+    return "/".join(("datasets", job_id, *parts))
+
+
+def shard_name(shard: int) -> str:
+    """File stem of a shard."""
+    return f"shard-{shard:05d}"
+
+
+def entries_key(job_id: str, stage: str, shard: int) -> str:
+    """Where the coordinator keeps a shard's entries for the shard worker."""
+    return dataset_key(job_id, "work", "v1", stage, f"{shard_name(shard)}.msgpack")
+
+
+class Pipeline:
+    """The ingest service's handlers: create (coordinator), shard (worker), finalize."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        jobs_: JobStore,
+        store: Store,
+        settings: Settings,
+        secrets: SecretStore | None,
+        pool: Executor,
+        pool_size: int,
+    ) -> None:
+        self.js = js
+        self.jobs = jobs_
+        self.store = store
+        self.settings = settings
+        self.secrets = secrets
+        self.pool = pool
+        self.pool_size = pool_size
+
+    # --- the coordinator ---------------------------------------------------------------------
+
+    async def on_create(self, msg: Msg) -> None:
+        """Create the job (once per command), itemize, and publish one work item per shard."""
+        cmd = events.decode(msg.data, events.DatasetCreate)
+        job = await self._job_for(cmd)
+        if job.status in jobs.TERMINAL:
+            return
+        if job.extra.get("plan"):
+            await self._publish_shards(job)  # a redelivery after planning: same ids, deduped
+            return
+        await self.jobs.set_status(job.id, jobs.RUNNING)
+        parse = parse_title(job.extension)
+        await self.jobs.update_stage(job.id, parse, status=jobs.RUNNING)
+        try:
+            form = await self._form(job)
+            itemized = await asyncio.to_thread(_itemize, job.extension, form)
+        except Exception as exc:  # noqa: BLE001 - a user's or a plugin's error
+            log.info("dataset %s: %s", job.id, exc)
+            await self._fail(job.id, parse, f"{type(exc).__name__}: {exc}")
+            return
+        entries, labels = itemized
+        if not entries.get(TRAIN_DB):
+            await self._fail(job.id, parse, "no entries for train_db: nothing to train on")
+            return
+        plan: dict[str, dict[str, int]] = {}
+        for stage, stage_entries in entries.items():
+            if not stage_entries:
+                continue
+            chunks = [
+                stage_entries[i : i + self.settings.shard_size]
+                for i in range(0, len(stage_entries), self.settings.shard_size)
+            ]
+            for n, chunk in enumerate(chunks):
+                await self.store.put(entries_key(job.id, stage, n), msgpack.packb(chunk))
+            plan[stage] = {"shards": len(chunks), "count": len(stage_entries)}
+        if labels:
+            await self.store.put(dataset_key(job.id, "labels.txt"), "\n".join(labels).encode())
+        total = sum(p["count"] for p in plan.values())
+
+        def planned(j: Job) -> Job:
+            now = time.time()
+            first = next(s for s in j.stages if s.name == parse)
+            stages = [
+                msgspec.structs.replace(
+                    first,
+                    status=jobs.DONE,
+                    progress=1.0,
+                    done=total,
+                    total=total,
+                    finished_at=now,
+                    counts={stage: p["count"] for stage, p in plan.items()},
+                )
+            ]
+            stages += [
+                Stage(name=STAGE_TITLES[s], status=jobs.RUNNING, total=p["count"], started_at=now)
+                for s, p in plan.items()
+            ]
+            extra = {**j.extra, "version": 1, "plan": plan, "labels": labels, "done": {}}
+            extra["encoding"] = str(form.get("encoding") or _default_encoding(j.extension))
+            return msgspec.structs.replace(j, stages=stages, extra=extra)
+
+        job = await self.jobs.update(job.id, planned)
+        await self._publish_shards(job)
+
+    async def _job_for(self, cmd: events.DatasetCreate) -> Job:
+        # A redelivered command finds the job it created: the claim lives in digits-idem.
+        idem = await self.js.key_value("digits-idem")
+        job_id = cmd.job_id or jobs.new_job_id(cmd.occurred_at)
+        claim = f"dataset-create.{cmd.event_id}"
+        try:
+            await idem.create(claim, job_id.encode())
+        except nats.js.errors.KeyWrongLastSequenceError:
+            job_id = (await idem.get(claim)).value.decode()
+            try:
+                return await self.jobs.get(job_id)
+            except JobNotFound:
+                pass
+        form = dict(cmd.form)
+        if self.secrets is not None:
+            form = await seal_form(self.secrets, form)
+        else:
+            form = {k: v for k, v in form.items() if k not in _secret_fields()}
+        job = Job(
+            id=job_id,
+            type="dataset",
+            name=cmd.name,
+            extension=cmd.extension,
+            group=cmd.group,
+            owner=cmd.owner,
+            form=form,
+            stages=[Stage(name=parse_title(cmd.extension))],
+        )
+        try:
+            return await self.jobs.create(job)
+        except jobs.JobError:
+            return await self.jobs.get(job_id)
+
+    async def _publish_shards(self, job: Job) -> None:
+        for stage, info in job.extra["plan"].items():
+            for n in range(info["shards"]):
+                size = min(self.settings.shard_size, info["count"] - n * self.settings.shard_size)
+                work = events.IngestShard(
+                    job_id=job.id,
+                    stage=stage,
+                    shard=n,
+                    shards=info["shards"],
+                    entries_key=dataset_key(
+                        job.id, "work", "v1", stage, f"{shard_name(n)}.msgpack"
+                    ),
+                    count=size,
+                )
+                await bus.publish_event(self.js, work)
+
+    async def _form(self, job: Job) -> dict[str, Any]:
+        form = dict(job.form)
+        if "secret_ref" in form:
+            if self.secrets is None:
+                raise SecretError("this dataset has credentials but DIGITS_SECRET_KEY is not set")
+            form = await open_form(self.secrets, form)
+        form["data_roots"] = list(self.settings.data_roots)
+        return form
+
+    async def _fail(self, job_id: str, stage: str | None, message: str) -> None:
+        if stage:
+            await self.jobs.update_stage(job_id, stage, status=jobs.ERROR)
+        await self.jobs.set_status(job_id, jobs.ERROR, message)
+
+    # --- the shard workers -------------------------------------------------------------------
+
+    async def on_work(self, msg: Msg) -> None:
+        """Dispatch a work item: a shard to encode or a dataset to finalize."""
+        work = events.decode(msg.data, events.Work)
+        if isinstance(work, events.IngestShard):
+            await self.on_shard(work)
+        else:
+            await finalize.finalize(self, work)
+
+    async def on_shard(self, work: events.IngestShard) -> None:
+        """Encode one shard into one LMDB file; record it by CAS; the last one finalizes."""
+        try:
+            job = await self.jobs.get(work.job_id)
+        except JobNotFound:
+            return  # deleted meanwhile: nothing to do
+        if job.status in jobs.TERMINAL:
+            return  # aborted (or failed): remaining shards are dropped
+        if str(work.shard) in job.extra.get("done", {}).get(work.stage, {}):
+            await self._maybe_finalize(job)
+            return
+        entries = msgpack.unpackb(await self.store.get(work.entries_key), use_list=False)
+        form = await self._form(job)
+        encoding = str(form.get("encoding") or _default_encoding(job.extension))
+        results = await self._encode(job, form, list(entries), encoding, work.stage == TRAIN_DB)
+        if results is None:
+            return  # aborted while encoding
+        stats = finalize.merge_chunks(results)
+        stem = dataset_key(job.id, work.stage, shard_name(work.shard))
+        with tempfile.TemporaryDirectory(prefix="digits-shard-") as tmp:
+            path = Path(tmp, "shard.lmdb")
+            with ShardWriter(path) as writer:
+                for result in results:
+                    for sample in result.samples:
+                        writer.put_encoded(sample)
+            await self.store.put_file(f"{stem}.lmdb", path)
+        if stats.pop("mean", None) is not None:
+            await self.store.put(f"{stem}.mean.npy", finalize.merged_mean_bytes(results))
+        await self.store.put(f"{stem}.json", msgspec.json.encode(stats))
+        job = await self.jobs.update(job.id, finalize.record_shard(work, stats))
+        await self._maybe_finalize(job)
+
+    async def _encode(
+        self, job: Job, form: dict[str, Any], entries: list, encoding: str, want_mean: bool
+    ) -> list[ChunkResult] | None:
+        loop = asyncio.get_running_loop()
+        chunks = [entries[i : i + CHUNK] for i in range(0, len(entries), CHUNK)]
+        limit = asyncio.Semaphore(self.pool_size * 2)  # bounded memory: a few chunks in flight
+        results: list[ChunkResult | None] = [None] * len(chunks)
+
+        async def run(i: int, chunk: list) -> None:
+            async with limit:
+                results[i] = await loop.run_in_executor(
+                    self.pool, encode_chunk, job.extension, form, chunk, encoding, want_mean
+                )
+
+        tasks = [asyncio.ensure_future(run(i, c)) for i, c in enumerate(chunks)]
+        try:
+            while tasks:
+                done, pending = await asyncio.wait(tasks, timeout=2.0)
+                for task in done:
+                    task.result()  # re-raise a process failure (the message is redelivered)
+                tasks = list(pending)
+                if tasks and (await self.jobs.get(job.id)).status in jobs.TERMINAL:
+                    return None
+        finally:
+            for task in tasks:
+                task.cancel()
+        return [r for r in results if r is not None]
+
+    async def _maybe_finalize(self, job: Job) -> None:
+        if finalize.all_shards_done(job):
+            await bus.publish_event(self.js, events.IngestFinalize(job_id=job.id, version=1))
+
+
+def _itemize(extension_id: str, form: dict[str, Any]) -> tuple[dict[str, list], list[str]]:
+    """Run the extension's itemize_entries for each stage (blocking: runs in a thread)."""
+    from digits.extensions.data import get_extension
+
+    ext = get_extension(extension_id)(is_inference_db=False, **form)
+    entries = {stage: list(ext.itemize_entries(stage) or []) for stage in STAGES}
+    labels = ext.get_labels() if hasattr(ext, "get_labels") else getattr(ext, "labels", None)
+    return entries, [str(label) for label in (labels or [])]
+
+
+def _default_encoding(extension_id: str) -> str:
+    return "png" if extension_id == "image-classification" else "none"
+
+
+def _secret_fields() -> frozenset[str]:
+    from digits.secrets import SECRET_FIELDS
+
+    return SECRET_FIELDS

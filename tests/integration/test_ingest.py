@@ -1,0 +1,198 @@
+"""Dataset ingest end to end: a create command in, LMDB shards, mean, histogram and manifest out."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import msgpack
+import nats
+import nats.errors
+import numpy as np
+import pytest
+from PIL import Image
+
+from digits import dataset, events, jobs, subjects
+from digits.secrets import SecretBox
+from tests.integration.test_jobs import job_store
+from tests.services import ServiceProc
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def make_folder(root, classes: int, per_class: int, size: int = 12, mode: str = "L") -> None:
+    """Class sub-folders of small PNGs whose brightness depends on the class."""
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        folder = root / f"class{c:02d}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            base = np.full((size, size + 4), 20 * c, np.uint8)
+            pixels = np.clip(base + rng.integers(0, 10, base.shape), 0, 255).astype(np.uint8)
+            if mode == "RGB":
+                pixels = np.stack([pixels] * 3, axis=-1)
+            Image.fromarray(pixels, mode).save(folder / f"{i:04d}.png")
+
+
+@pytest.fixture
+def ingest(nats_server, tmp_path):
+    """A real ingest service with a file store, data roots = tmp_path, small shards."""
+    proc = ServiceProc(
+        "ingest_service",
+        nats_server.url,
+        tmp_path,
+        DIGITS_DATA_ROOTS=str(tmp_path),
+        DIGITS_STORE_URL=(tmp_path / "store").as_uri(),
+        DIGITS_SECRET_KEY=SecretBox.generate_key(),
+        DIGITS_SHARD_SIZE="300",
+        DIGITS_INGEST_PROCS="2",
+    )
+    proc.wait_healthy()
+    yield proc
+    assert proc.stop() == 0, proc.log()
+
+
+async def create_dataset(nats_url: str, name: str, form: dict) -> str:
+    """Publish a dataset.create command with plain msgpack, as any system would; the command id."""
+    nc = await nats.connect(nats_url)
+    try:
+        command_id = uuid.uuid4().hex
+        payload = {"type": "dataset.create", "event_id": command_id, "name": name, "form": form}
+        await nc.jetstream().publish(
+            subjects.CMD_DATASET_CREATE,
+            msgpack.packb(payload),
+            headers={"Nats-Msg-Id": f"create:{command_id}"},
+        )
+        return command_id
+    finally:
+        await nc.close()
+
+
+async def finished_job(nc, name: str, timeout: float = 120) -> jobs.Job:
+    """Wait until the job called ``name`` has finished; the record."""
+    store = await job_store(nc)
+
+    async def finished() -> jobs.Job | None:
+        for job in await store.list():
+            if job.name == name and job.status in jobs.TERMINAL:
+                return job
+        return None
+
+    return await wait_for(finished, timeout=timeout, interval=0.25)
+
+
+async def test_folder_of_ten_classes_becomes_a_dataset(nats_server, nc, ingest, tmp_path):
+    make_folder(tmp_path / "train", classes=10, per_class=200)
+    sub = await nc.subscribe(f"{subjects.EVT}.job.*.dataset.ready")
+    form = {
+        "method": "folder",
+        "folder_train": str(tmp_path / "train"),
+        "folder_pct_val": 25,
+        "folder_pct_test": 10,
+        "resize_width": 16,
+        "resize_height": 12,
+        "resize_channels": 1,
+        "encoding": "png",
+    }
+    await create_dataset(nats_server.url, "ten-classes", form)
+    job = await finished_job(nc, "ten-classes")
+    assert job.status == jobs.DONE, job.error
+    ready = events.decode((await sub.next_msg(timeout=10)).data, events.DatasetReady)
+    assert ready.job_id == job.id and ready.num_labels == 10
+    counts = ready.counts
+    assert sum(counts.values()) == 2000 and ready.skipped == {s: 0 for s in counts}
+    assert counts == {"train_db": 1300, "val_db": 500, "test_db": 200}
+    assert [s.name for s in job.stages] == [
+        "Parse Folder (train/val)",
+        "Create DB (train)",
+        "Create DB (val)",
+        "Create DB (test)",
+    ]
+    assert all(s.status == jobs.DONE and s.finished_at for s in job.stages)
+    data = dataset.open(ready.manifest_url)
+    assert data.labels == [f"class{c:02d}" for c in range(10)]
+    assert len(data.shard_paths("train_db")) == 5  # 1300 entries in shards of 300
+    features, labels = zip(*data.samples("val_db"), strict=True)
+    assert len(features) == 500 and features[0].shape == (12, 16, 1)
+    assert np.bincount(labels).tolist() == [50] * 10
+    # Brightness is 20 * class (+ noise 0..9): the stored pixels keep that relation.
+    for feature, label in zip(features[:50], labels[:50], strict=True):
+        assert 20 * label <= feature.mean() <= 20 * label + 9
+    mean = data.mean()
+    assert mean.shape == (12, 16, 1) and abs(mean.mean() - (90 + 4.5)) < 1.0
+    assert data.manifest.stages["train_db"].histogram == {f"class{c:02d}": 130 for c in range(10)}
+    store_dir = tmp_path / "store" / "datasets" / job.id
+    assert (store_dir / "mean.png").is_file() and (store_dir / "labels.txt").is_file()
+    assert not (store_dir / "work").exists(), "work lists are removed once the dataset is ready"
+
+
+@pytest.mark.parametrize(
+    ("encoding", "channels", "resize_mode"),
+    [("jpg", 3, "crop"), ("none", 1, "fill"), ("png", 3, "half_crop"), ("jpg", 1, "squash")],
+)
+async def test_each_encoding_channel_count_and_resize_mode(
+    nats_server, nc, ingest, tmp_path, encoding, channels, resize_mode
+):
+    make_folder(tmp_path / "train", classes=3, per_class=20, mode="RGB")
+    form = {
+        "method": "folder",
+        "folder_train": str(tmp_path / "train"),
+        "folder_pct_val": 25,
+        "resize_width": 10,
+        "resize_height": 8,
+        "resize_channels": channels,
+        "resize_mode": resize_mode,
+        "encoding": encoding,
+    }
+    await create_dataset(nats_server.url, f"variant-{encoding}", form)
+    job = await finished_job(nc, f"variant-{encoding}")
+    assert job.status == jobs.DONE, job.error
+    data = dataset.open(job.extra["manifest_url"])
+    assert data.manifest.encoding == encoding
+    assert data.count("train_db") == 45 and data.count("val_db") == 15
+    feature, _ = next(iter(data.samples("train_db")))
+    assert feature.shape == (8, 10, channels) and feature.dtype == np.uint8
+
+
+async def test_corrupt_images_are_skipped_and_counted(nats_server, nc, ingest, tmp_path):
+    make_folder(tmp_path / "train", classes=2, per_class=10)
+    (tmp_path / "train" / "class00" / "zero.png").write_bytes(b"")
+    (tmp_path / "train" / "class01" / "junk.png").write_bytes(b"not an image at all")
+    good = (tmp_path / "train" / "class00" / "0000.png").read_bytes()
+    (tmp_path / "train" / "class01" / "cut.png").write_bytes(good[: len(good) // 2])
+    form = {"method": "folder", "folder_train": str(tmp_path / "train"), "folder_pct_val": 0}
+    form.update(resize_width=8, resize_height=8, resize_channels=1)
+    await create_dataset(nats_server.url, "with-corrupt", form)
+    job = await finished_job(nc, "with-corrupt")
+    assert job.status == jobs.DONE, job.error
+    data = dataset.open(job.extra["manifest_url"])
+    train = data.manifest.stages["train_db"]
+    assert (train.count, train.skipped) == (20, 3)  # 23 entries in = 20 written + 3 skipped
+    assert len(job.extra["skip_reasons"]) == 3
+    assert any("zero.png" in r for r in job.extra["skip_reasons"])
+
+
+async def test_a_folder_outside_the_data_roots_fails_the_job_with_a_clear_error(
+    nats_server, nc, ingest, tmp_path
+):
+    form = {"method": "folder", "folder_train": "/etc", "folder_pct_val": 25}
+    await create_dataset(nats_server.url, "outside", form)
+    job = await finished_job(nc, "outside")
+    assert job.status == jobs.ERROR
+    assert "/etc" in job.error and str(tmp_path) in job.error
+    assert ingest.healthy(), "the service keeps serving"
+
+
+async def test_a_redelivered_create_command_makes_one_job(nats_server, nc, ingest, tmp_path):
+    make_folder(tmp_path / "train", classes=2, per_class=5)
+    form = {"method": "folder", "folder_train": str(tmp_path / "train"), "folder_pct_val": 0}
+    form.update(resize_width=8, resize_height=8, resize_channels=1)
+    command_id = await create_dataset(nats_server.url, "once", form)
+    await finished_job(nc, "once")
+    # The same command again, past the duplicate window (another msg id): the same job answers.
+    payload = {"type": "dataset.create", "event_id": command_id, "name": "once", "form": form}
+    await nc.jetstream().publish(subjects.CMD_DATASET_CREATE, msgpack.packb(payload))
+    await asyncio.sleep(2)
+    named = [j for j in await (await job_store(nc)).list() if j.name == "once"]
+    assert len(named) == 1
