@@ -181,7 +181,7 @@ async def publish(
         wait = first_timeout if attempt == 1 and first_timeout is not None else timeout
         try:
             return await js.publish(subject, payload, timeout=wait, headers=hdrs)
-        except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError) as exc:
+        except (TimeoutError, nats.js.errors.NoStreamResponseError) as exc:
             if attempt == attempts:
                 raise
             log.debug("publish %s (id %s) attempt %d: %r", subject, msg_id, attempt, exc)

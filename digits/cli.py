@@ -11,6 +11,8 @@ import sys
 import threading
 from pathlib import Path
 
+import nats.js.errors
+
 from digits import bus
 from digits.config import ConfigError, Settings
 from digits.natsserver import NatsServer, NatsServerError, free_port, port_free
@@ -58,6 +60,8 @@ def up(args: argparse.Namespace) -> int:
     try:
         env = dict(os.environ)
         env.setdefault("DIGITS_DATA_ROOTS", str(Path.home()))
+        if args.demo:  # the demo set lives in the data dir: let datasets read it
+            env["DIGITS_DATA_ROOTS"] += os.pathsep + str(data_dir / "demo")
         settings = Settings.from_env(
             env,
             nats_urls=(server.url,),
@@ -77,7 +81,8 @@ def up(args: argparse.Namespace) -> int:
         print(f"DIGITS is up: http://{args.host}:{args.port}/", flush=True)
         print(f"  NATS {server.url}, data in {data_dir}, logs in {logs}", flush=True)
         if args.demo:
-            print("  --demo: the demo dataset and model arrive with the datasets issue", flush=True)
+            job_id = asyncio.run(_demo(settings, data_dir))
+            print(f"  demo dataset: job {job_id} (http://{args.host}:{args.port}/)", flush=True)
         while not stopping.wait(0.5):
             supervisor.poll()
             if server.proc is not None and server.proc.poll() is not None:
@@ -100,6 +105,58 @@ async def _init(settings: Settings) -> None:
         await bus.ensure_all(nc.jetstream(), settings.replicas)
     finally:
         await nc.close()
+
+
+DEMO_COMMAND_ID = "demo-dataset-synthetic-v1"
+
+
+async def _demo(settings: Settings, data_dir: Path) -> str:
+    """Generate the offline synthetic set (once) and create its dataset (once); the job id."""
+    from digits import events
+    from digits.download_data import synthetic
+
+    folder = data_dir / "demo" / "synthetic"
+    if not (folder / "train").is_dir():
+        await asyncio.to_thread(synthetic.generate, folder, classes=10, per_class=100, size=28)
+    command = events.DatasetCreate(
+        event_id=DEMO_COMMAND_ID,
+        name="Synthetic digits (demo)",
+        group="demo",
+        form={
+            "method": "folder",
+            "folder_train": str(folder / "train"),
+            "folder_pct_val": 25,
+            "resize_width": 28,
+            "resize_height": 28,
+            "resize_channels": 1,
+            "encoding": "png",
+        },
+    )
+    nc = await bus.connect(settings, "digits-demo", max_reconnect_attempts=5)
+    try:
+        js = nc.jetstream()
+        await bus.publish_event(js, command)
+        idem = await js.key_value("digits-idem")
+        for _ in range(100):  # the ingest service claims the command when it takes it
+            try:
+                return (await idem.get(f"dataset-create.{DEMO_COMMAND_ID}")).value.decode()
+            except nats.js.errors.KeyNotFoundError:
+                await asyncio.sleep(0.2)
+        return "(queued)"
+    finally:
+        await nc.close()
+
+
+def dataset_inspect(args: argparse.Namespace) -> int:
+    """Print a dataset's counts, shapes and label histogram."""
+    from digits.dataset import inspect
+
+    try:
+        print(inspect(args.url))
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"digits dataset inspect: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def init(args: argparse.Namespace) -> int:
@@ -131,6 +188,11 @@ def parser() -> argparse.ArgumentParser:
     p_up.set_defaults(func=up)
     p_init = sub.add_parser("init", help="create streams, KV buckets and consumers")
     p_init.set_defaults(func=init)
+    p_ds = sub.add_parser("dataset", help="dataset tools")
+    ds_sub = p_ds.add_subparsers(dest="dataset_command", required=True)
+    p_inspect = ds_sub.add_parser("inspect", help="counts, shapes and label histogram")
+    p_inspect.add_argument("url", help="file:///.../datasets/<job>, s3://... or a local path")
+    p_inspect.set_defaults(func=dataset_inspect)
     p_key = sub.add_parser("secret-key", help="print a new DIGITS_SECRET_KEY")
     p_key.set_defaults(func=secret_key)
     return p

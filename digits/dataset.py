@@ -523,10 +523,14 @@ def summary(m: Manifest) -> str:
         lines.append(f"{s:<12}{st.count:>10}{st.skipped:>10}{len(st.shards):>8}")
     keys = list(dict.fromkeys(k for s in stages for k in m.stages[s].histogram))
     if keys:
-        order = {n: i for i, n in enumerate(m.labels)} | {str(i): i for i in range(len(m.labels))}
+        # Keys are label names; an index key (older writers) is shown with its name.
+        order = {str(i): i for i in range(len(m.labels))} | {n: i for i, n in enumerate(m.labels)}
         keys.sort(key=lambda k: (order.get(k, len(order)), k))
         names = [
-            f"{k} {m.labels[int(k)]}" if k.isdigit() and int(k) < len(m.labels) else k for k in keys
+            f"{k} {m.labels[int(k)]}"
+            if k not in m.labels and k.isdigit() and int(k) < len(m.labels)
+            else k
+            for k in keys
         ]
         width = max(len(n) for n in [*names, "label"]) + 2
         lines.append("histogram".ljust(width) + "".join(f"{s:>10}" for s in stages))

@@ -124,7 +124,7 @@ CONSUMERS: dict[str, ConsumerSpec] = {
         ConsumerSpec(CONSUMER_JOB_COMMANDS, STREAM_CMD, (f"{CMD}.job.>",)),
         ConsumerSpec(CONSUMER_DATASET_COMMANDS, STREAM_CMD, (f"{CMD}.dataset.>",)),
         ConsumerSpec(CONSUMER_MODEL_COMMANDS, STREAM_CMD, (f"{CMD}.model.>",)),
-        ConsumerSpec(CONSUMER_INGEST, STREAM_WORK, (f"{WORK}.ingest.>",), ack_wait_s=60.0),
+        ConsumerSpec(CONSUMER_INGEST, STREAM_WORK, (f"{WORK}.ingest.>",)),
         ConsumerSpec(CONSUMER_TRAIN, STREAM_WORK, (WORK_TRAIN,), ack_wait_s=60.0, max_deliver=3),
         ConsumerSpec(CONSUMER_DLQ_FORWARDER, STREAM_ADVISORY, (ADVISORY_MAX_DELIVERIES,)),
     )

@@ -36,7 +36,7 @@ def health(port: int) -> dict | None:
 class Stack:
     """A `digits up` process in a data dir."""
 
-    def __init__(self, data_dir, log_path) -> None:
+    def __init__(self, data_dir, log_path, *extra: str) -> None:
         self.port, self.nats_port = free_port(), free_port()
         self.log_path = log_path
         with open(log_path, "ab") as out:
@@ -52,6 +52,7 @@ class Stack:
                     str(self.port),
                     "--nats-port",
                     str(self.nats_port),
+                    *extra,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -84,6 +85,18 @@ async def create_job(nats_url: str) -> str:
         await nc.close()
 
 
+async def demo_job(nats_url: str) -> jobs.Job | None:
+    """The demo dataset once it has finished."""
+    nc = await nats.connect(nats_url)
+    try:
+        for job in await (await job_store(nc)).list():
+            if job.group == "demo" and job.status in jobs.TERMINAL:
+                return job
+        return None
+    finally:
+        await nc.close()
+
+
 async def find_job(nats_url: str, job_id: str) -> jobs.Job:
     """Read a job record from the stack's NATS."""
     nc = await nats.connect(nats_url)
@@ -95,7 +108,7 @@ async def find_job(nats_url: str, job_id: str) -> jobs.Job:
 
 def test_digits_up_runs_the_stack_and_a_restart_finds_its_jobs(tmp_path):
     data_dir = tmp_path / "digits"
-    stack = Stack(data_dir, tmp_path / "up-1.log")
+    stack = Stack(data_dir, tmp_path / "up-1.log", "--demo")
     try:
         report = wait_for_sync(stack.all_alive, timeout=60, interval=0.5)
         assert set(report["services"]) == {"gateway", "ingest", "train", "view"}
@@ -107,6 +120,15 @@ def test_digits_up_runs_the_stack_and_a_restart_finds_its_jobs(tmp_path):
             assert module in names
         nats_url = f"nats://127.0.0.1:{stack.nats_port}"
         job_id = asyncio.run(create_job(nats_url))
+        demo = wait_for_sync(lambda: asyncio.run(demo_job(nats_url)), timeout=90, interval=1)
+        assert demo.status == jobs.DONE, demo.error
+        inspected = subprocess.run(
+            [sys.executable, "-m", "digits.cli", "dataset", "inspect", demo.extra["manifest_url"]],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "750" in inspected and "250" in inspected  # 1,000 images, 25% for validation
         crashed = next(p for p in children if "train_service" in " ".join(p.cmdline()))
         crashed.kill()  # the supervisor restarts it
 

@@ -196,3 +196,128 @@ async def test_a_redelivered_create_command_makes_one_job(nats_server, nc, inges
     await asyncio.sleep(2)
     named = [j for j in await (await job_store(nc)).list() if j.name == "once"]
     assert len(named) == 1
+
+
+def shards_done(job: jobs.Job) -> int:
+    """How many shards of the job are recorded as written."""
+    return sum(len(s) for s in job.extra.get("done", {}).values())
+
+
+async def wait_shards(nc, name: str, at_least: int) -> jobs.Job:
+    """Wait until the job called ``name`` has recorded ``at_least`` shards."""
+    store = await job_store(nc)
+
+    async def progressed() -> jobs.Job | None:
+        for job in await store.list():
+            if job.name == name and shards_done(job) >= at_least:
+                return job
+        return None
+
+    return await wait_for(progressed, timeout=120, interval=0.1)
+
+
+@pytest.fixture
+def slow_ingest(nats_server, tmp_path):
+    """Start ingest services with one encoding process, shards of 100, a short ack_wait."""
+    started: list[ServiceProc] = []
+    key = SecretBox.generate_key()
+
+    def start() -> ServiceProc:
+        proc = ServiceProc(
+            "ingest_service",
+            nats_server.url,
+            tmp_path,
+            DIGITS_DATA_ROOTS=str(tmp_path),
+            DIGITS_STORE_URL=(tmp_path / "store").as_uri(),
+            DIGITS_SECRET_KEY=key,
+            DIGITS_SHARD_SIZE="100",
+            DIGITS_INGEST_PROCS="1",
+            DIGITS_ACK_WAIT_S="3",
+        )
+        started.append(proc)
+        return proc.wait_healthy()
+
+    yield start
+    for proc in started:
+        if proc.proc.poll() is None:
+            assert proc.stop() == 0, proc.log()
+
+
+async def test_a_shard_worker_killed_mid_shard_still_gives_exact_counts(
+    nats_server, nc, slow_ingest, tmp_path
+):
+    make_folder(tmp_path / "train", classes=10, per_class=150, size=32)
+    first = await asyncio.to_thread(slow_ingest)
+    form = {"method": "folder", "folder_train": str(tmp_path / "train"), "folder_pct_val": 20}
+    form.update(resize_width=32, resize_height=32, resize_channels=3, resize_mode="fill")
+    await create_dataset(nats_server.url, "killed", form)
+    await wait_shards(nc, "killed", 2)
+    first.proc.kill()  # SIGKILL, mid-shard: its message was never acked
+    await asyncio.to_thread(first.proc.wait, 10)
+    await asyncio.to_thread(slow_ingest)
+    job = await finished_job(nc, "killed", timeout=180)
+    assert job.status == jobs.DONE, job.error
+    data = dataset.open(job.extra["manifest_url"])
+    assert (data.count("train_db"), data.count("val_db")) == (1200, 300)
+    paths = set()
+    for stage in ("train_db", "val_db"):
+        assert data.manifest.stages[stage].skipped == 0
+        paths.update(data.shard_paths(stage))
+    assert len(paths) == 15  # 12 + 3 shards of 100, none twice
+
+
+async def test_abort_stops_the_remaining_shards(nats_server, nc, slow_ingest, tmp_path):
+    make_folder(tmp_path / "train", classes=10, per_class=300, size=32)
+    await asyncio.to_thread(slow_ingest)
+    form = {"method": "folder", "folder_train": str(tmp_path / "train"), "folder_pct_val": 0}
+    form.update(resize_width=64, resize_height=64, resize_channels=3)
+    await create_dataset(nats_server.url, "aborted", form)
+    job = await wait_shards(nc, "aborted", 1)
+    await nc.jetstream().publish(
+        subjects.CMD_JOB_ABORT, msgpack.packb({"type": "job.abort", "job_id": job.id})
+    )
+    store = await job_store(nc)
+
+    async def aborted() -> bool:
+        return (await store.get(job.id)).status == jobs.ABORTED
+
+    await wait_for(aborted, timeout=30)
+
+    async def queue_drained() -> bool:
+        info = await nc.jetstream().stream_info(subjects.STREAM_WORK)
+        return info.state.messages == 0
+
+    await wait_for(queue_drained, timeout=60)
+    final = await store.get(job.id)
+    assert shards_done(final) < 30, "the remaining shards were dropped, not encoded"
+    assert "manifest_url" not in final.extra
+
+
+async def test_delete_is_refused_while_a_model_uses_the_dataset_then_removes_files(
+    nats_server, nc, ingest, tmp_path
+):
+    make_folder(tmp_path / "train", classes=2, per_class=5)
+    form = {"method": "folder", "folder_train": str(tmp_path / "train"), "folder_pct_val": 0}
+    form.update(resize_width=8, resize_height=8, resize_channels=1)
+    await create_dataset(nats_server.url, "in-use", form)
+    dataset_job = await finished_job(nc, "in-use")
+    store = await job_store(nc)
+    model = await store.create(
+        jobs.Job(id=jobs.new_job_id(), type="model", name="lenet", depends_on=[dataset_job.id])
+    )
+    sub = await nc.subscribe(subjects.evt_job(dataset_job.id, "rejected"))
+    delete = msgpack.packb({"type": "job.delete", "job_id": dataset_job.id})
+    await nc.jetstream().publish(subjects.CMD_JOB_DELETE, delete)
+    rejected = msgpack.unpackb((await sub.next_msg(timeout=20)).data)
+    assert "used by lenet" in rejected["reason"]
+    files = tmp_path / "store" / "datasets" / dataset_job.id
+    assert (files / "manifest.json").is_file()
+    await store.delete(model.id)
+    await nc.jetstream().publish(subjects.CMD_JOB_DELETE, delete)
+
+    async def gone() -> bool:
+        return not files.exists()
+
+    await wait_for(gone, timeout=20)
+    with pytest.raises(jobs.JobNotFound):
+        await store.get(dataset_job.id)

@@ -29,7 +29,7 @@ async def job_events(js, job_id: str) -> list[events.Event]:
         while True:
             msg = await sub.next_msg(timeout=0.5)
             found.append(events.decode(msg.data))
-    except nats.errors.TimeoutError:
+    except TimeoutError:
         return found
     finally:
         await sub.unsubscribe()

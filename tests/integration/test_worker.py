@@ -53,7 +53,7 @@ async def dead_letters(js, durable: str) -> list:
     sub = await js.pull_subscribe(subjects.dlq(subjects.STREAM_WORK, durable), stream="DIGITS_DLQ")
     try:
         return await sub.fetch(100, timeout=0.5)
-    except nats.errors.TimeoutError:
+    except TimeoutError:  # nats' TimeoutError, or asyncio's raw one right at the deadline
         return []
     finally:
         await sub.unsubscribe()
