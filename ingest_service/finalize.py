@@ -14,13 +14,14 @@ import numpy as np
 from digits import bus, events, jobs
 from digits.dataset import Manifest, MeanAccumulator, ShardInfo, StageInfo, mean_png_bytes
 from digits.jobs import Job
-from digits.store import NotFoundError
 from ingest_service.encode import ChunkResult
 
 if TYPE_CHECKING:
     from ingest_service.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
+
+MEAN_SUMS = "mean-sums.npz"  # the train set's pixel sums and count, so versions can add to them
 
 
 def merge_chunks(results: list[ChunkResult]) -> dict[str, Any]:
@@ -53,9 +54,11 @@ def merged_mean_bytes(results: list[ChunkResult]) -> bytes:
 
 def record_shard(work: events.IngestShard, stats: dict[str, Any]) -> Callable[[Job], Job | None]:
     """A CAS mutation that records a finished shard once and advances its stage."""
-    from ingest_service.pipeline import STAGE_TITLES
+    from ingest_service.pipeline import stage_title
 
     def mutate(job: Job) -> Job | None:
+        if job.extra.get("version", 1) != work.version:
+            return None  # a stale shard of an earlier version
         done = {stage: dict(shards) for stage, shards in job.extra.get("done", {}).items()}
         stage_done = done.setdefault(work.stage, {})
         if str(work.shard) in stage_done:
@@ -64,7 +67,7 @@ def record_shard(work: events.IngestShard, stats: dict[str, Any]) -> Callable[[J
         plan = job.extra["plan"][work.stage]
         written = sum(v[0] for v in stage_done.values())
         skipped = sum(v[1] for v in stage_done.values())
-        title = STAGE_TITLES[work.stage]
+        title = stage_title(work.stage, work.version)
         finished = len(stage_done) == plan["shards"]
         stages = []
         for s in job.stages:
@@ -86,14 +89,19 @@ def record_shard(work: events.IngestShard, stats: dict[str, Any]) -> Callable[[J
 
 
 def all_shards_done(job: Job) -> bool:
-    """Whether every planned shard of every stage is recorded."""
+    """Whether every planned shard of every stage of the current version is recorded."""
     plan = job.extra.get("plan") or {}
     done = job.extra.get("done", {})
     return bool(plan) and all(len(done.get(s, {})) == p["shards"] for s, p in plan.items())
 
 
+def finalized(job: Job) -> bool:
+    """Whether the current version's manifest is written."""
+    return job.extra.get("finalized") == job.extra.get("version", 1)
+
+
 async def finalize(pipeline: Pipeline, work: events.IngestFinalize) -> None:
-    """Merge shard stats and means, write the manifest, mark the job Done, announce it."""
+    """Merge shard stats and means into the manifest (and the previous version's), announce it."""
     from ingest_service.pipeline import dataset_key, shard_name
 
     store, job_store = pipeline.store, pipeline.jobs
@@ -101,33 +109,40 @@ async def finalize(pipeline: Pipeline, work: events.IngestFinalize) -> None:
         job = await job_store.get(work.job_id)
     except jobs.JobNotFound:
         return
-    if job.status in jobs.TERMINAL or not all_shards_done(job):
+    if job.status in (jobs.ABORTED, jobs.ERROR) or not all_shards_done(job) or finalized(job):
+        return
+    if work.version != job.extra.get("version", 1):
         return
     labels: list[str] = job.extra.get("labels") or []
-    stages: dict[str, StageInfo] = {}
+    previous = None
+    if work.version > 1:
+        previous = Manifest.from_json(await store.get(dataset_key(job.id, "manifest.json")))
+    stages: dict[str, StageInfo] = dict(previous.stages) if previous else {}
+    added: dict[str, int] = {}
     mean = MeanAccumulator()
-    shape, dtype = None, None
+    if previous is not None and previous.mean:
+        mean.merge(MeanAccumulator.from_bytes(await store.get(dataset_key(job.id, MEAN_SUMS))))
+    shape, dtype = (previous.feature_shape, previous.feature_dtype) if previous else (None, None)
     for stage, plan in job.extra["plan"].items():
-        shards, histogram, skipped = [], {}, 0
+        old = stages.get(stage) or StageInfo()
+        shards, histogram, skipped = list(old.shards), dict(old.histogram), old.skipped
+        count = 0
         for n in range(plan["shards"]):
-            stem = dataset_key(job.id, stage, shard_name(n))
-            stats = msgspec.json.decode(await store.get(f"{stem}.json"))
-            shards.append(ShardInfo(key=f"{stage}/{shard_name(n)}.lmdb", count=stats["samples"]))
+            name = shard_name(n, work.version)
+            stats = msgspec.json.decode(await store.get(dataset_key(job.id, stage, f"{name}.json")))
+            shards.append(ShardInfo(key=f"{stage}/{name}.lmdb", count=stats["samples"]))
+            count += stats["samples"]
             skipped += stats["skipped"]
             shape, dtype = shape or stats["shape"], dtype or stats["dtype"]
-            for label, count in stats["histogram"].items():
-                name = labels[int(label)] if int(label) < len(labels) else label
-                histogram[name] = histogram.get(name, 0) + count
-            if stage == "train_db":
-                try:
-                    mean.merge(MeanAccumulator.from_bytes(await store.get(f"{stem}.mean.npy")))
-                except NotFoundError:
-                    pass  # a shard whose every entry was skipped
+            for label, n_label in stats["histogram"].items():
+                label_name = labels[int(label)] if int(label) < len(labels) else label
+                histogram[label_name] = histogram.get(label_name, 0) + n_label
+            if stage == "train_db" and stats.get("mean"):
+                partial = await store.get(dataset_key(job.id, stage, f"{name}.mean.npy"))
+                mean.merge(MeanAccumulator.from_bytes(partial))
+        added[stage] = count
         stages[stage] = StageInfo(
-            shards=shards,
-            count=sum(s.count for s in shards),
-            skipped=skipped,
-            histogram=histogram,
+            shards=shards, count=old.count + count, skipped=skipped, histogram=histogram
         )
     if stages.get("train_db") is None or stages["train_db"].count == 0:
         reasons = "; ".join(job.extra.get("skip_reasons", [])[:3])
@@ -137,11 +152,14 @@ async def finalize(pipeline: Pipeline, work: events.IngestFinalize) -> None:
         return
     mean_keys: dict[str, str] = {}
     if mean.count:
+        await store.put(dataset_key(job.id, MEAN_SUMS), mean.to_bytes())
         buf = io.BytesIO()
         np.save(buf, mean.mean())
         await store.put(dataset_key(job.id, "mean.npy"), buf.getvalue())
         await store.put(dataset_key(job.id, "mean.png"), mean_png_bytes(mean.mean()))
         mean_keys = {"npy": "mean.npy", "png": "mean.png"}
+    if labels:
+        await store.put(dataset_key(job.id, "labels.txt"), "\n".join(labels).encode())
     manifest = Manifest(
         job_id=job.id,
         version=work.version,
@@ -154,26 +172,31 @@ async def finalize(pipeline: Pipeline, work: events.IngestFinalize) -> None:
         stages=stages,
         mean=mean_keys,
     )
-    await store.put(dataset_key(job.id, "manifest.json"), msgspec.json.encode(manifest))
+    await store.put(dataset_key(job.id, "manifest.json"), manifest.to_json())
     url = store.url(dataset_key(job.id, "manifest.json"))
 
     def done(j: Job) -> Job:
-        return msgspec.structs.replace(j, extra={**j.extra, "manifest_url": url})
+        extra = {**j.extra, "manifest_url": url, "finalized": work.version}
+        return msgspec.structs.replace(j, extra=extra)
 
     await job_store.update(job.id, done)
     await job_store.set_status(job.id, jobs.DONE)
-    ready = events.DatasetReady(
-        job_id=job.id,
-        manifest_url=url,
-        version=work.version,
-        counts={s: info.count for s, info in stages.items()},
-        skipped={s: info.skipped for s, info in stages.items()},
-        num_labels=len(labels),
-    )
-    await bus.publish(
-        pipeline.js,
-        events.subject_for(ready),
-        events.encode(ready),
-        msg_id=f"ready:{job.id}/v{work.version}",
-    )
-    await store.delete_prefix(dataset_key(job.id, "work") + "/")
+    counts = {s: info.count for s, info in stages.items()}
+    fact: events.Event
+    if work.version == 1:
+        skipped = {s: info.skipped for s, info in stages.items()}
+        fact = events.DatasetReady(
+            job_id=job.id,
+            manifest_url=url,
+            version=1,
+            counts=counts,
+            skipped=skipped,
+            num_labels=len(labels),
+        )
+    else:
+        fact = events.DatasetUpdated(
+            job_id=job.id, manifest_url=url, version=work.version, added=added, counts=counts
+        )
+    msg_id = f"{events.tag_of(type(fact))}:{job.id}/v{work.version}"
+    await bus.publish(pipeline.js, events.subject_for(fact), events.encode(fact), msg_id=msg_id)
+    await store.delete_prefix(dataset_key(job.id, "work", f"v{work.version}") + "/")

@@ -47,14 +47,20 @@ def dataset_key(job_id: str, *parts: str) -> str:
     return "/".join(("datasets", job_id, *parts))
 
 
-def shard_name(shard: int) -> str:
-    """File stem of a shard."""
-    return f"shard-{shard:05d}"
+def shard_name(shard: int, version: int = 1) -> str:
+    """File stem of a shard (versions after the first get their own names)."""
+    return f"shard-{shard:05d}" if version == 1 else f"v{version:03d}-shard-{shard:05d}"
 
 
-def entries_key(job_id: str, stage: str, shard: int) -> str:
+def stage_title(stage: str, version: int = 1) -> str:
+    """A Create DB stage's name, as DIGITS showed it; later versions say which."""
+    title = STAGE_TITLES[stage]
+    return title if version == 1 else f"{title[:-1]}, v{version})"
+
+
+def entries_key(job_id: str, stage: str, shard: int, version: int = 1) -> str:
     """Where the coordinator keeps a shard's entries for the shard worker."""
-    return dataset_key(job_id, "work", "v1", stage, f"{shard_name(shard)}.msgpack")
+    return dataset_key(job_id, "work", f"v{version}", stage, f"{shard_name(shard)}.msgpack")
 
 
 class Pipeline:
@@ -87,7 +93,7 @@ class Pipeline:
         if job.status in jobs.TERMINAL:
             return
         if job.extra.get("plan"):
-            await self._publish_shards(job)  # a redelivery after planning: same ids, deduped
+            await self.publish_shards(job)  # a redelivery after planning: same ids, deduped
             return
         await self.jobs.set_status(job.id, jobs.RUNNING)
         parse = parse_title(job.extension)
@@ -103,17 +109,7 @@ class Pipeline:
         if not entries.get(TRAIN_DB):
             await self._fail(job.id, parse, "no entries for train_db: nothing to train on")
             return
-        plan: dict[str, dict[str, int]] = {}
-        for stage, stage_entries in entries.items():
-            if not stage_entries:
-                continue
-            chunks = [
-                stage_entries[i : i + self.settings.shard_size]
-                for i in range(0, len(stage_entries), self.settings.shard_size)
-            ]
-            for n, chunk in enumerate(chunks):
-                await self.store.put(entries_key(job.id, stage, n), msgpack.packb(chunk))
-            plan[stage] = {"shards": len(chunks), "count": len(stage_entries)}
+        plan = await self.write_plan(job.id, entries, version=1)
         if labels:
             await self.store.put(dataset_key(job.id, "labels.txt"), "\n".join(labels).encode())
         total = sum(p["count"] for p in plan.values())
@@ -133,7 +129,7 @@ class Pipeline:
                 )
             ]
             stages += [
-                Stage(name=STAGE_TITLES[s], status=jobs.RUNNING, total=p["count"], started_at=now)
+                Stage(name=stage_title(s), status=jobs.RUNNING, total=p["count"], started_at=now)
                 for s, p in plan.items()
             ]
             extra = {**j.extra, "version": 1, "plan": plan, "labels": labels, "done": {}}
@@ -141,7 +137,23 @@ class Pipeline:
             return msgspec.structs.replace(j, stages=stages, extra=extra)
 
         job = await self.jobs.update(job.id, planned)
-        await self._publish_shards(job)
+        await self.publish_shards(job)
+
+    async def write_plan(
+        self, job_id: str, entries: dict[str, list], version: int
+    ) -> dict[str, dict[str, int]]:
+        """Store each stage's entries in shards for the workers; the plan (shards, count)."""
+        size = self.settings.shard_size
+        plan: dict[str, dict[str, int]] = {}
+        for stage, stage_entries in entries.items():
+            if not stage_entries:
+                continue
+            chunks = [stage_entries[i : i + size] for i in range(0, len(stage_entries), size)]
+            for n, chunk in enumerate(chunks):
+                key = entries_key(job_id, stage, n, version)
+                await self.store.put(key, msgpack.packb(chunk))
+            plan[stage] = {"shards": len(chunks), "count": len(stage_entries)}
+        return plan
 
     async def _job_for(self, cmd: events.DatasetCreate) -> Job:
         # A redelivered command finds the job it created: the claim lives in digits-idem.
@@ -176,7 +188,9 @@ class Pipeline:
         except jobs.JobError:
             return await self.jobs.get(job_id)
 
-    async def _publish_shards(self, job: Job) -> None:
+    async def publish_shards(self, job: Job) -> None:
+        """Publish the current version's shards (ids derive from job, version, stage, shard)."""
+        version = job.extra.get("version", 1)
         for stage, info in job.extra["plan"].items():
             for n in range(info["shards"]):
                 size = min(self.settings.shard_size, info["count"] - n * self.settings.shard_size)
@@ -185,10 +199,9 @@ class Pipeline:
                     stage=stage,
                     shard=n,
                     shards=info["shards"],
-                    entries_key=dataset_key(
-                        job.id, "work", "v1", stage, f"{shard_name(n)}.msgpack"
-                    ),
+                    entries_key=entries_key(job.id, stage, n, version),
                     count=size,
+                    version=version,
                 )
                 await bus.publish_event(self.js, work)
 
@@ -222,8 +235,10 @@ class Pipeline:
             job = await self.jobs.get(work.job_id)
         except JobNotFound:
             return  # deleted meanwhile: nothing to do
-        if job.status in jobs.TERMINAL:
+        if job.status in (jobs.ABORTED, jobs.ERROR):
             return  # aborted (or failed): remaining shards are dropped
+        if work.version != job.extra.get("version", 1):
+            return  # a stale redelivery of an earlier version
         if str(work.shard) in job.extra.get("done", {}).get(work.stage, {}):
             await self._maybe_finalize(job)
             return
@@ -234,7 +249,7 @@ class Pipeline:
         if results is None:
             return  # aborted while encoding
         stats = finalize.merge_chunks(results)
-        stem = dataset_key(job.id, work.stage, shard_name(work.shard))
+        stem = dataset_key(job.id, work.stage, shard_name(work.shard, work.version))
         with tempfile.TemporaryDirectory(prefix="digits-shard-") as tmp:
             path = Path(tmp, "shard.lmdb")
             with ShardWriter(path) as writer:
@@ -242,7 +257,7 @@ class Pipeline:
                     for sample in result.samples:
                         writer.put_encoded(sample)
             await self.store.put_file(f"{stem}.lmdb", path)
-        if stats.pop("mean", None) is not None:
+        if stats.get("mean"):
             await self.store.put(f"{stem}.mean.npy", finalize.merged_mean_bytes(results))
         await self.store.put(f"{stem}.json", msgspec.json.encode(stats))
         job = await self.jobs.update(job.id, finalize.record_shard(work, stats))
@@ -269,7 +284,7 @@ class Pipeline:
                 for task in done:
                     task.result()  # re-raise a process failure (the message is redelivered)
                 tasks = list(pending)
-                if tasks and (await self.jobs.get(job.id)).status in jobs.TERMINAL:
+                if tasks and (await self.jobs.get(job.id)).status in (jobs.ABORTED, jobs.ERROR):
                     return None
         finally:
             for task in tasks:
@@ -278,7 +293,8 @@ class Pipeline:
 
     async def _maybe_finalize(self, job: Job) -> None:
         if finalize.all_shards_done(job):
-            await bus.publish_event(self.js, events.IngestFinalize(job_id=job.id, version=1))
+            version = job.extra.get("version", 1)
+            await bus.publish_event(self.js, events.IngestFinalize(job_id=job.id, version=version))
 
 
 def _itemize(extension_id: str, form: dict[str, Any]) -> tuple[dict[str, list], list[str]]:

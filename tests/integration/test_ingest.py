@@ -124,7 +124,8 @@ async def test_folder_of_ten_classes_becomes_a_dataset(nats_server, nc, ingest, 
     assert data.manifest.stages["train_db"].histogram == {f"class{c:02d}": 130 for c in range(10)}
     store_dir = tmp_path / "store" / "datasets" / job.id
     assert (store_dir / "mean.png").is_file() and (store_dir / "labels.txt").is_file()
-    assert not (store_dir / "work").exists(), "work lists are removed once the dataset is ready"
+    leftovers = list((store_dir / "work").rglob("*.msgpack"))
+    assert not leftovers, "work lists are removed once the dataset is ready"
 
 
 @pytest.mark.parametrize(
