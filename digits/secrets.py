@@ -12,7 +12,16 @@ from cryptography.fernet import Fernet, InvalidToken
 from nats.js.errors import KeyNotFoundError
 
 SECRET_FIELDS = frozenset(
-    {"s3_secret_key", "s3_access_key", "secret_key", "access_key", "password", "token"}
+    {
+        "s3_secret_key",
+        "s3_access_key",
+        "s3_secretkey",
+        "s3_accesskey",
+        "secret_key",
+        "access_key",
+        "password",
+        "token",
+    }
 )
 REF_PREFIX = "secret:"
 _REF = re.compile(r"^secret:([A-Za-z0-9_-]{1,128})$")

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
+from digits.s3 import DEFAULT_ATTEMPTS, DEFAULT_CONCURRENCY, client_config
+
 SECTION = "S3 Config"
 KEYS = ("endpoint", "accesskey", "secretkey", "bucket", "prefix")
 DEFAULT_CONFIG = "upload_config.cfg"
-DEFAULT_CONCURRENCY = 16
-DEFAULT_ATTEMPTS = 5
 PHASES = ("train", "test")
 
 
@@ -179,21 +179,6 @@ class Progress:
         if self.enabled and self.tty:
             self.stream.write("\n")
             self.stream.flush()
-
-
-def client_config(concurrency: int = DEFAULT_CONCURRENCY, attempts: int = DEFAULT_ATTEMPTS) -> Any:
-    """botocore settings S3-compatible servers accept: path-style, checksums only when required."""
-    from botocore.config import Config
-
-    return Config(
-        s3={"addressing_style": "path"},
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        max_pool_connections=max(concurrency, 1),
-        connect_timeout=10,
-        read_timeout=60,
-        retries={"max_attempts": max(attempts, 1), "mode": "standard"},
-    )
 
 
 def _error(exc: BaseException, op: str, target: str, config: S3Config) -> UploadError:

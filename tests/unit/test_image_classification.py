@@ -371,11 +371,23 @@ def test_textfile_required_fields(data_root):
         )
 
 
-def test_s3_is_validated_then_left_to_ingest_service(data_root):
+def test_s3_is_validated_and_an_unreachable_endpoint_is_named(data_root):
+    from digits.natsserver import free_port
+    from digits.s3 import S3Error
+
     with pytest.raises(ValueError, match="s3_bucket is required"):
         _ingest(data_root, method="s3")
-    ext = _ingest(data_root, method="s3", s3_bucket="pics", s3_pct_val=10)
-    with pytest.raises(NotImplementedError, match="s3 source: see ingest_service"):
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    ext = _ingest(
+        data_root,
+        method="s3",
+        s3_bucket="pics",
+        s3_pct_val=10,
+        s3_endpoint_url=endpoint,
+        s3_accesskey="AKIDEXAMPLE",
+        s3_secretkey="not-a-real-secret",
+    )
+    with pytest.raises(S3Error, match=f"cannot reach the endpoint {endpoint}"):
         ext.itemize_entries(TRAIN_DB)
 
 

@@ -16,7 +16,7 @@ from digits.utils import constants, override, subclass
 from digits.utils.image import RESIZE_MODES, load_image, resize_image
 
 from ..interface import DataIngestionInterface
-from . import fields, folders, textfiles
+from . import fields, folders, s3source, textfiles
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def _roots(data_roots: Sequence[str] | str | None) -> list[str]:
 
 @subclass
 class DataIngestion(DataIngestionInterface):
-    """Image classification from a folder of class sub-folders, text lists, or (later) S3.
+    """Image classification from a folder of class sub-folders, text lists, or an S3 bucket.
 
     ``data_roots`` (the service's DIGITS_DATA_ROOTS) is kept out of ``userdata`` so that a
     value sent in a form is never persisted and trusted later: callers pass it from settings.
@@ -77,6 +77,9 @@ class DataIngestion(DataIngestionInterface):
             self._init_textfile(form)
         else:
             self._init_s3(form)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({s3source.redacted(self.userdata)!r})"
 
     # --- form validation -------------------------------------------------------------------
 
@@ -202,14 +205,12 @@ class DataIngestion(DataIngestionInterface):
         return str(path)
 
     def _init_s3(self, form: dict[str, Any]) -> None:
-        self.s3_bucket = fields.get_str(form, "s3_bucket")
-        if not self.s3_bucket:
-            raise ValueError("s3_bucket is required for the s3 method")
-        self.s3_endpoint_url = fields.get_str(form, "s3_endpoint_url")
-        self.s3_path = fields.get_str(form, "s3_path") or ""
-        self.s3_pct_val, self.s3_pct_test = self._percentages(
+        # s3_accesskey / s3_secretkey (DIGITS's names) are SECRET_FIELDS, kept out of repr().
+        self.s3_source = s3source.source_from_form(form)  # what a shard worker fetches with
+        self.s3_pcts = self._percentages(
             form, "s3_pct_val", "s3_pct_test", val_used=True, test_used=True
         )
+        self.s3_train_per_class = self._per_class(form, "s3_train")
 
     # --- itemizing -------------------------------------------------------------------------
 
@@ -309,7 +310,10 @@ class DataIngestion(DataIngestionInterface):
                 splits = self._itemize_textfile()
                 shuffle = self.textfile_shuffle
             else:
-                raise NotImplementedError("s3 source: see ingest_service")
+                self.labels, splits = s3source.itemize(
+                    self.s3_source, self.seed, self.s3_pcts, self.s3_train_per_class
+                )
+                shuffle = True
             if shuffle:  # mix the classes, so that every shard holds a bit of each
                 for stage, entries in splits.items():
                     random.Random(f"{self.seed}:{stage}").shuffle(entries)
@@ -344,6 +348,8 @@ class DataIngestion(DataIngestionInterface):
         path, label = entry
         if not isinstance(path, str) or isinstance(label, bool) or not isinstance(label, int):
             raise ValueError(f"entry must be (str path, int label), not {entry!r}")
+        if s3source.is_s3_url(path):
+            raise s3source.fetch_first_error(path)
         resolved = confine(path, self.data_roots)
         image = load_image(resolved, self.resize_channels)
         # Noise for "fill" is seeded by the path, so re-encoding a shard gives the same bytes.
