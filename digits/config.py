@@ -40,6 +40,8 @@ class Settings:
     worker_batch: int = 1
     ingest_procs: int = 0
     shard_size: int = 1000
+    watch_batch: int = 100
+    watch_interval_s: float = 5.0
     log_level: str = "INFO"
     allow_python_networks: bool = False
 
@@ -79,11 +81,12 @@ class Settings:
         ints["worker_batch"] = (1, 1000)
         ints["ingest_procs"] = (0, 256)
         ints["shard_size"] = (1, 1_000_000)
+        ints["watch_batch"] = (1, 100_000)
         for name, (lo, hi) in ints.items():
             var = f"DIGITS_{name.upper()}"
             if get(var):
                 kw[name] = _int(var, get(var, ""), lo, hi)
-        for name in ("heartbeat_s", "ack_wait_s"):
+        for name in ("heartbeat_s", "ack_wait_s", "watch_interval_s"):
             var = f"DIGITS_{name.upper()}"
             if get(var):
                 kw[name] = _float(var, get(var, ""), 0.05, 86400.0)
@@ -126,6 +129,8 @@ class Settings:
             "DIGITS_WORKER_BATCH": str(self.worker_batch),
             "DIGITS_INGEST_PROCS": str(self.ingest_procs),
             "DIGITS_SHARD_SIZE": str(self.shard_size),
+            "DIGITS_WATCH_BATCH": str(self.watch_batch),
+            "DIGITS_WATCH_INTERVAL_S": str(self.watch_interval_s),
             "DIGITS_LOG_LEVEL": self.log_level,
             "DIGITS_HEALTH_HOST": self.health_host,
         }

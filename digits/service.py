@@ -115,6 +115,10 @@ class ServiceRuntime:
         sub = await self.nc.subscribe(subject, queue=queue, cb=on_request)
         self._stack.push_async_callback(_unsubscribe, sub)
 
+    def background(self, coro: Awaitable[None]) -> None:
+        """Run a coroutine until the service stops (it should return once ``stop`` is set)."""
+        self._spawn(coro)
+
     def defer(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Run ``callback`` when the service stops (after the workers, before NATS closes)."""
         self._stack.push_async_callback(callback)

@@ -53,6 +53,7 @@ CONSUMER_MODEL_COMMANDS = "model-commands"
 CONSUMER_INGEST = "ingest-work"
 CONSUMER_TRAIN = "train"
 CONSUMER_DLQ_FORWARDER = "dlq-forwarder"
+CONSUMER_S3_NOTIFICATIONS = "s3-notifications"
 
 # Queue groups for request/reply services.
 QUEUE_VIEW = "view"
@@ -127,6 +128,7 @@ CONSUMERS: dict[str, ConsumerSpec] = {
         ConsumerSpec(CONSUMER_INGEST, STREAM_WORK, (f"{WORK}.ingest.>",)),
         ConsumerSpec(CONSUMER_TRAIN, STREAM_WORK, (WORK_TRAIN,), ack_wait_s=60.0, max_deliver=3),
         ConsumerSpec(CONSUMER_DLQ_FORWARDER, STREAM_ADVISORY, (ADVISORY_MAX_DELIVERIES,)),
+        ConsumerSpec(CONSUMER_S3_NOTIFICATIONS, STREAM_S3, (f"{S3}.>",)),
     )
 }
 

@@ -15,6 +15,7 @@ from digits.secrets import SecretBox, SecretStore
 from digits.service import ServiceRuntime, main
 from digits.store import store_from_settings
 from ingest_service.pipeline import Pipeline
+from ingest_service.watch import Watcher
 
 NAME = "ingest"
 
@@ -43,6 +44,9 @@ async def setup(rt: ServiceRuntime) -> None:
     )
     rt.add_worker(subjects.CONSUMERS[subjects.CONSUMER_DATASET_COMMANDS], pipeline.on_create)
     rt.add_worker(subjects.CONSUMERS[subjects.CONSUMER_INGEST], pipeline.on_work)
+    watcher = Watcher(pipeline)
+    rt.add_worker(subjects.CONSUMERS[subjects.CONSUMER_S3_NOTIFICATIONS], watcher.on_notification)
+    rt.background(watcher.run(rt.stop))
 
 
 if __name__ == "__main__":

@@ -20,11 +20,13 @@ from digits import bus, events, jobs
 from digits.config import Settings
 from digits.dataset import ShardWriter
 from digits.jobs import Job, JobNotFound, JobStore, Stage
+from digits.s3 import S3Error, fetch_objects, s3_client, split_s3_url
 from digits.secrets import SecretError, SecretStore, open_form, seal_form
 from digits.store import Store
 from digits.utils.constants import TEST_DB, TRAIN_DB, VAL_DB
 from ingest_service import finalize
 from ingest_service.encode import ChunkResult, encode_chunk
+from ingest_service.watch import object_claim, watch_config
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,16 @@ STAGE_TITLES = {
     TEST_DB: "Create DB (test)",
 }
 CHUNK = 64  # entries per task handed to an encoding process
+PERMANENT_S3_ERRORS = frozenset(
+    {
+        "NoSuchBucket",
+        "InvalidBucketName",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "AccessDenied",
+        "NoCredentialsError",
+    }
+)
 
 
 def parse_title(extension: str) -> str:
@@ -137,7 +149,20 @@ class Pipeline:
             return msgspec.structs.replace(j, stages=stages, extra=extra)
 
         job = await self.jobs.update(job.id, planned)
+        if job.extra.get("watch"):
+            await self._claim_listed(entries)
         await self.publish_shards(job)
+
+    async def _claim_listed(self, entries: dict[str, list]) -> None:
+        # Objects the listing found are in version 1; a late notification must not add them.
+        idem = await self.js.key_value("digits-idem")
+        for stage_entries in entries.values():
+            for url, *_ in stage_entries:
+                bucket, key = split_s3_url(url)
+                try:
+                    await idem.create(object_claim(bucket, key), b"1")
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    pass
 
     async def write_plan(
         self, job_id: str, entries: dict[str, list], version: int
@@ -182,6 +207,7 @@ class Pipeline:
             owner=cmd.owner,
             form=form,
             stages=[Stage(name=parse_title(cmd.extension))],
+            extra={"watch": watch} if (watch := watch_config(cmd.form)) else {},
         )
         try:
             return await self.jobs.create(job)
@@ -224,10 +250,23 @@ class Pipeline:
     async def on_work(self, msg: Msg) -> None:
         """Dispatch a work item: a shard to encode or a dataset to finalize."""
         work = events.decode(msg.data, events.Work)
-        if isinstance(work, events.IngestShard):
-            await self.on_shard(work)
-        else:
-            await finalize.finalize(self, work)
+        try:
+            if isinstance(work, events.IngestShard):
+                await self.on_shard(work)
+            else:
+                await finalize.finalize(self, work)
+        except Exception as exc:
+            # Wrong credentials or a vanished bucket will not heal; nor will the last retry.
+            permanent = isinstance(exc, S3Error) and exc.code in PERMANENT_S3_ERRORS
+            last = (msg.metadata.num_delivered or 1) >= self.settings.max_deliver
+            if not (permanent or last):
+                raise
+            where = (
+                f"shard {work.shard} of {work.stage}"
+                if isinstance(work, events.IngestShard)
+                else "finalize"
+            )
+            await self._fail(work.job_id, None, f"{where}: {type(exc).__name__}: {exc}")
 
     async def on_shard(self, work: events.IngestShard) -> None:
         """Encode one shard into one LMDB file; record it by CAS; the last one finalizes."""
@@ -242,15 +281,24 @@ class Pipeline:
         if str(work.shard) in job.extra.get("done", {}).get(work.stage, {}):
             await self._maybe_finalize(job)
             return
-        entries = msgpack.unpackb(await self.store.get(work.entries_key), use_list=False)
+        entries = list(msgpack.unpackb(await self.store.get(work.entries_key), use_list=False))
         form = await self._form(job)
         encoding = str(form.get("encoding") or _default_encoding(job.extension))
-        results = await self._encode(job, form, list(entries), encoding, work.stage == TRAIN_DB)
-        if results is None:
-            return  # aborted while encoding
-        stats = finalize.merge_chunks(results)
-        stem = dataset_key(job.id, work.stage, shard_name(work.shard, work.version))
         with tempfile.TemporaryDirectory(prefix="digits-shard-") as tmp:
+            failed: list[str] = []
+            if any(_is_s3(e) for e in entries):
+                # Objects are fetched to local files first (bounded concurrency, streamed to
+                # disk); the extension then reads them like a folder's images.
+                entries, failed = await fetch_s3_entries(form, entries, Path(tmp, "objects"))
+                form = {**form, "data_roots": [str(Path(tmp, "objects"))]}
+            want_mean = work.stage == TRAIN_DB
+            results = await self._encode(job, form, entries, encoding, want_mean)
+            if results is None:
+                return  # aborted while encoding
+            stats = finalize.merge_chunks(results)
+            stats["skipped"] += len(failed)
+            stats["reasons"] = (failed + stats["reasons"])[:20]
+            stem = dataset_key(job.id, work.stage, shard_name(work.shard, work.version))
             path = Path(tmp, "shard.lmdb")
             with ShardWriter(path) as writer:
                 for result in results:
@@ -305,6 +353,43 @@ def _itemize(extension_id: str, form: dict[str, Any]) -> tuple[dict[str, list], 
     entries = {stage: list(ext.itemize_entries(stage) or []) for stage in STAGES}
     labels = ext.get_labels() if hasattr(ext, "get_labels") else getattr(ext, "labels", None)
     return entries, [str(label) for label in (labels or [])]
+
+
+def _is_s3(entry: Any) -> bool:
+    return isinstance(entry, list | tuple) and bool(entry) and str(entry[0]).startswith("s3://")
+
+
+async def fetch_s3_entries(
+    form: dict[str, Any], entries: list, dest: Path
+) -> tuple[list, list[str]]:
+    """Download the ``s3://`` entries into ``dest``; (entries with local paths, failure reasons)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    by_bucket: dict[str, list[str]] = {}
+    for entry in entries:
+        if _is_s3(entry):
+            bucket, key = split_s3_url(entry[0])
+            by_bucket.setdefault(bucket, []).append(key)
+    fetched: dict[str, Path | Exception] = {}
+    async with s3_client(
+        form.get("s3_endpoint_url") or None,
+        form.get("s3_accesskey") or None,
+        form.get("s3_secretkey") or None,
+        region=form.get("s3_region") or "us-east-1",
+    ) as client:
+        for bucket, keys in by_bucket.items():
+            got = await fetch_objects(client, bucket, keys, dest)
+            fetched.update({f"s3://{bucket}/{key}": value for key, value in got.items()})
+    local, failed = [], []
+    for entry in entries:
+        if not _is_s3(entry):
+            local.append(entry)
+            continue
+        result = fetched[entry[0]]
+        if isinstance(result, Exception):
+            failed.append(f"{entry[0]}: {result}")
+        else:
+            local.append((str(result), *entry[1:]))
+    return local, failed
 
 
 def _default_encoding(extension_id: str) -> str:

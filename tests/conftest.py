@@ -35,3 +35,19 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[nats.NATS]:
 def unique() -> str:
     """A short unique name, so tests never collide on shared resources."""
     return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="module")
+def moto_s3() -> Iterator[str]:
+    """A real S3 endpoint over HTTP (moto's server) on a free port; its URL."""
+    from moto.server import ThreadedMotoServer
+
+    from digits.natsserver import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
