@@ -98,6 +98,12 @@ class IngestFinalize(Event, frozen=True, kw_only=True, tag="ingest.finalize"):
     version: int = 1
 
 
+class TrainWork(Event, frozen=True, kw_only=True, tag="train.work"):
+    """Train one model job (its form and dataset are in the job record)."""
+
+    job_id: str
+
+
 # --- facts (DIGITS_EVT) ----------------------------------------------------------------------
 
 
@@ -156,6 +162,44 @@ class DatasetUpdated(Event, frozen=True, kw_only=True, tag="dataset.updated"):
     counts: dict[str, int] = msgspec.field(default_factory=dict)
 
 
+class TrainProgress(Event, frozen=True, kw_only=True, tag="train.progress"):
+    """Training metrics several times per epoch (phase "train") and at validations ("val")."""
+
+    job_id: str
+    phase: str = "train"
+    epoch: float
+    step: int = 0
+    metrics: dict[str, float] = msgspec.field(default_factory=dict)
+    learning_rate: float | None = None
+    images_per_s: float | None = None
+
+
+class HardwareUsage(Event, frozen=True, kw_only=True, tag="train.hardware"):
+    """CPU, memory and per-GPU use of the worker running a job, every few seconds."""
+
+    job_id: str
+    cpu_pct: float = 0.0
+    memory_bytes: int = 0
+    gpus: list[dict[str, float]] = msgspec.field(default_factory=list)
+
+
+class SnapshotSaved(Event, frozen=True, kw_only=True, tag="train.snapshot"):
+    """A snapshot of the model at ``epoch`` is stored at ``url``."""
+
+    job_id: str
+    epoch: float
+    url: str
+
+
+class ModelReady(Event, frozen=True, kw_only=True, tag="model.ready"):
+    """Training finished: the snapshots and the final metrics."""
+
+    job_id: str
+    epochs: float
+    snapshots: list[float] = msgspec.field(default_factory=list)
+    metrics: dict[str, float] = msgspec.field(default_factory=dict)
+
+
 class CommandRejected(Event, frozen=True, kw_only=True, tag="command.rejected"):
     """A command could not be carried out; ``reason`` says why."""
 
@@ -183,7 +227,7 @@ class Heartbeat(Event, frozen=True, kw_only=True, tag="service.heartbeat"):
 
 
 Command = DatasetCreate | ModelCreate | JobAbort | JobDelete | JobEdit
-Work = IngestShard | IngestFinalize
+Work = IngestShard | IngestFinalize | TrainWork
 Fact = (
     JobStatusChanged
     | StageProgress
@@ -191,6 +235,10 @@ Fact = (
     | JobDeleted
     | DatasetReady
     | DatasetUpdated
+    | TrainProgress
+    | HardwareUsage
+    | SnapshotSaved
+    | ModelReady
     | CommandRejected
 )
 AnyEvent = Command | Work | Fact | Heartbeat
@@ -203,12 +251,17 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     JobEdit,
     IngestShard,
     IngestFinalize,
+    TrainWork,
     JobStatusChanged,
     StageProgress,
     JobUpdated,
     JobDeleted,
     DatasetReady,
     DatasetUpdated,
+    TrainProgress,
+    HardwareUsage,
+    SnapshotSaved,
+    ModelReady,
     CommandRejected,
     Heartbeat,
 )
@@ -221,6 +274,7 @@ COMMAND_SUBJECTS: dict[type[Event], str] = {
     JobEdit: subjects.CMD_JOB_EDIT,
     IngestShard: subjects.WORK_INGEST_SHARD,
     IngestFinalize: subjects.WORK_INGEST_FINALIZE,
+    TrainWork: subjects.WORK_TRAIN,
 }
 
 # The last tokens of a fact's subject, after digits.v1.evt.job.<job_id>.
@@ -232,6 +286,10 @@ JOB_EVENT_NAMES: dict[type[Event], str] = {
     CommandRejected: "rejected",
     DatasetReady: "dataset.ready",
     DatasetUpdated: "dataset.updated",
+    TrainProgress: "train.progress",
+    HardwareUsage: "train.hardware",
+    SnapshotSaved: "train.snapshot",
+    ModelReady: "model.ready",
 }
 
 _encoder = msgspec.msgpack.Encoder()
@@ -275,4 +333,6 @@ def msg_id_for(event: Event) -> str:
         return f"shard:{event.job_id}/v{event.version}/{event.stage}/{event.shard}"
     if isinstance(event, IngestFinalize):
         return f"finalize:{event.job_id}/v{event.version}"
+    if isinstance(event, TrainWork):
+        return f"train:{event.job_id}"
     return f"{tag_of(type(event))}:{event.event_id}"

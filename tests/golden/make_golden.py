@@ -47,6 +47,33 @@ SAMPLES: dict[type[events.Event], dict] = {
         "added": {"train_db": 120},
         "counts": {"train_db": 45120, "val_db": 15000},
     },
+    events.TrainWork: {"job_id": JOB},
+    events.TrainProgress: {
+        "job_id": JOB,
+        "phase": "train",
+        "epoch": 1.25,
+        "step": 250,
+        "metrics": {"loss": 0.31, "accuracy": 0.91},
+        "learning_rate": 0.01,
+        "images_per_s": 1830.5,
+    },
+    events.HardwareUsage: {
+        "job_id": JOB,
+        "cpu_pct": 180.5,
+        "memory_bytes": 2147483648,
+        "gpus": [{"index": 0.0, "utilization_pct": 97.0, "memory_bytes": 8.0e9, "temp_c": 71.0}],
+    },
+    events.SnapshotSaved: {
+        "job_id": JOB,
+        "epoch": 2.0,
+        "url": f"file:///data/store/models/{JOB}/snapshots/epoch-2.0.keras",
+    },
+    events.ModelReady: {
+        "job_id": JOB,
+        "epochs": 30.0,
+        "snapshots": [10.0, 20.0, 30.0],
+        "metrics": {"val_loss": 0.05, "val_accuracy": 0.99},
+    },
     events.JobStatusChanged: {"job_id": JOB, "job_type": "dataset", "status": "R", "previous": "I"},
     events.StageProgress: {
         "job_id": JOB,
