@@ -20,6 +20,7 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
+    DeliverPolicy,
     KeyValueConfig,
     PubAck,
     RetentionPolicy,
@@ -141,6 +142,7 @@ def consumer_config(spec: ConsumerSpec) -> ConsumerConfig:
         filter_subject=filters[0] if len(filters) == 1 else None,
         filter_subjects=filters if len(filters) > 1 else None,
         max_ack_pending=1000,
+        deliver_policy=DeliverPolicy.NEW if spec.deliver_new else DeliverPolicy.ALL,
     )
 
 

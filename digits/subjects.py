@@ -54,6 +54,7 @@ CONSUMER_INGEST = "ingest-work"
 CONSUMER_TRAIN = "train"
 CONSUMER_DLQ_FORWARDER = "dlq-forwarder"
 CONSUMER_S3_NOTIFICATIONS = "s3-notifications"
+CONSUMER_MODEL_SCHEDULER = "model-scheduler"
 
 # Queue groups for request/reply services.
 QUEUE_VIEW = "view"
@@ -101,6 +102,7 @@ class ConsumerSpec:
     ack_wait_s: float = 30.0
     max_deliver: int = 5
     backoff_s: tuple[float, ...] = field(default=())
+    deliver_new: bool = False  # start at the stream's end rather than replay its history
 
 
 DAY = 24 * 3600.0
@@ -126,7 +128,10 @@ CONSUMERS: dict[str, ConsumerSpec] = {
         ConsumerSpec(CONSUMER_DATASET_COMMANDS, STREAM_CMD, (f"{CMD}.dataset.>",)),
         ConsumerSpec(CONSUMER_MODEL_COMMANDS, STREAM_CMD, (f"{CMD}.model.>",)),
         ConsumerSpec(CONSUMER_INGEST, STREAM_WORK, (f"{WORK}.ingest.>",)),
-        ConsumerSpec(CONSUMER_TRAIN, STREAM_WORK, (WORK_TRAIN,), ack_wait_s=60.0, max_deliver=3),
+        ConsumerSpec(CONSUMER_TRAIN, STREAM_WORK, (WORK_TRAIN,), max_deliver=3),
+        ConsumerSpec(
+            CONSUMER_MODEL_SCHEDULER, STREAM_EVT, (evt_job("*", "status"),), deliver_new=True
+        ),
         ConsumerSpec(CONSUMER_DLQ_FORWARDER, STREAM_ADVISORY, (ADVISORY_MAX_DELIVERIES,)),
         ConsumerSpec(CONSUMER_S3_NOTIFICATIONS, STREAM_S3, (f"{S3}.>",)),
     )

@@ -1,16 +1,29 @@
-"""``python -m train_service``: the training worker (training lands with issue 4)."""
+"""``python -m train_service``: model jobs (waiting for datasets) and the training worker."""
 
 from __future__ import annotations
 
 import sys
 
+from digits import subjects
 from digits.service import ServiceRuntime, main
+from digits.store import store_from_settings
+from train_service.scheduler import Scheduler
+from train_service.trainer import Trainer
 
 NAME = "train"
 
 
 async def setup(rt: ServiceRuntime) -> None:
-    """Register this service's consumers (none yet: it heartbeats and forwards dead letters)."""
+    """Register this service's consumers: model commands, dataset outcomes, training work."""
+    assert rt.js is not None and rt.jobs is not None
+    store = store_from_settings(rt.settings)
+    rt.defer(store.close)
+    scheduler = Scheduler(rt.js, rt.jobs)
+    rt.add_worker(subjects.CONSUMERS[subjects.CONSUMER_MODEL_COMMANDS], scheduler.on_create)
+    rt.add_worker(subjects.CONSUMERS[subjects.CONSUMER_MODEL_SCHEDULER], scheduler.on_status)
+    rt.background(scheduler.run(rt.stop))
+    trainer = Trainer(rt.js, rt.jobs, store, rt.settings)
+    rt.add_worker(subjects.CONSUMERS[subjects.CONSUMER_TRAIN], trainer.on_train)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,249 @@
+"""Training end to end: real ingest and train services, real Keras on a small synthetic set."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import uuid
+
+import msgpack
+import nats
+import nats.errors
+import pytest
+
+from digits import events, jobs, subjects
+from digits.download_data import synthetic
+from digits.secrets import SecretBox
+from tests.integration.test_ingest import create_dataset, finished_job
+from tests.integration.test_jobs import job_store
+from tests.services import ServiceProc
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture
+def stack(nats_server, tmp_path):
+    """Start services by module name with one shared store; all stop (exit 0) at the end."""
+    started: list[ServiceProc] = []
+    env = {
+        "DIGITS_DATA_ROOTS": str(tmp_path),
+        "DIGITS_STORE_URL": (tmp_path / "store").as_uri(),
+        "DIGITS_SECRET_KEY": SecretBox.generate_key(),
+        "DIGITS_INGEST_PROCS": "1",
+        "DIGITS_ACK_WAIT_S": "6",
+    }
+
+    def start(module: str) -> ServiceProc:
+        proc = ServiceProc(module, nats_server.url, tmp_path, **env)
+        started.append(proc)
+        return proc.wait_healthy(60)
+
+    yield start
+    for proc in started:
+        if proc.proc.poll() is None:
+            assert proc.stop(60) == 0, proc.log()
+
+
+@pytest.fixture
+def digits_folder(tmp_path):
+    """The offline synthetic 10-class 28x28 set (100 images a class)."""
+    synthetic.generate(tmp_path / "synthetic", classes=10, per_class=100, size=28, seed=1)
+    return tmp_path / "synthetic" / "train"
+
+
+DATASET_FORM = {
+    "method": "folder",
+    "folder_pct_val": 25,
+    "resize_width": 28,
+    "resize_height": 28,
+    "resize_channels": 1,
+}
+
+
+async def create_model(nats_url: str, name: str, dataset_id: str, form: dict) -> str:
+    """Publish model.create with plain msgpack; the command id."""
+    nc = await nats.connect(nats_url)
+    try:
+        command_id = uuid.uuid4().hex
+        payload = {
+            "type": "model.create",
+            "event_id": command_id,
+            "name": name,
+            "dataset_id": dataset_id,
+            "form": form,
+        }
+        await nc.jetstream().publish(
+            subjects.CMD_MODEL_CREATE,
+            msgpack.packb(payload),
+            headers={"Nats-Msg-Id": f"create:{command_id}"},
+        )
+        return command_id
+    finally:
+        await nc.close()
+
+
+async def dataset_job_id(nc, name: str) -> str:
+    """The id of the dataset job called ``name``, once it exists."""
+    store = await job_store(nc)
+
+    async def found() -> str | None:
+        return next((j.id for j in await store.list() if j.name == name), None)
+
+    return await wait_for(found, timeout=30)
+
+
+async def job_events(nc, job_id: str) -> list[events.Event]:
+    """Every stored event of a job, in order."""
+    sub = await nc.jetstream().subscribe(subjects.evt_job_all(job_id), ordered_consumer=True)
+    found = []
+    try:
+        while True:
+            found.append(events.decode((await sub.next_msg(timeout=1)).data))
+    except nats.errors.TimeoutError:
+        return found
+    finally:
+        await sub.unsubscribe()
+
+
+LENET = {
+    "standard_networks": "lenet",
+    "train_epochs": 4,
+    "batch_size": 32,
+    "solver_type": "ADAM",
+    "learning_rate": 0.002,
+    "lr_policy": "fixed",
+    "use_mean": "image",
+    "random_seed": 7,
+    "snapshot_interval": 2,
+}
+
+
+async def test_lenet_learns_the_synthetic_set_and_reports_in_order(
+    nats_server, nc, stack, digits_folder
+):
+    await asyncio.gather(
+        asyncio.to_thread(stack, "ingest_service"), asyncio.to_thread(stack, "train_service")
+    )
+    await create_dataset(
+        nats_server.url, "synthetic", {**DATASET_FORM, "folder_train": str(digits_folder)}
+    )
+    dataset_id = await dataset_job_id(nc, "synthetic")
+    # Created while the dataset is still being written: it waits, then trains.
+    await create_model(nats_server.url, "lenet", dataset_id, LENET)
+    model = await finished_job(nc, "lenet", timeout=300)
+    assert model.status == jobs.DONE, model.error
+    statuses = [h.status for h in model.history]
+    assert statuses[:2] == ["I", "W"] and statuses[-2:] == ["R", "D"]
+    found = await job_events(nc, model.id)
+    train = [e for e in found if isinstance(e, events.TrainProgress) and e.phase == "train"]
+    val = [e for e in found if isinstance(e, events.TrainProgress) and e.phase == "val"]
+    assert len(train) >= 4 * 4, "several progress events per epoch"
+    epochs = [e.epoch for e in train]
+    assert epochs == sorted(epochs) and epochs[-1] == 4
+    for e in train:
+        assert 0 < e.metrics["loss"] < 10 and math.isfinite(e.metrics["loss"])
+        assert 0 <= e.metrics["accuracy"] <= 1
+        assert e.learning_rate == pytest.approx(0.002) and e.images_per_s > 0
+    assert [e.epoch for e in val] == [1, 2, 3, 4]
+    assert val[-1].metrics["val_accuracy"] >= 0.95
+    snapshots = [e.epoch for e in found if isinstance(e, events.SnapshotSaved)]
+    assert snapshots == [2, 4]
+    ready = [e for e in found if isinstance(e, events.ModelReady)]
+    assert len(ready) == 1 and ready[0].snapshots == [2, 4]
+    assert ready[0].metrics["val_accuracy"] >= 0.95
+
+
+async def test_half_epoch_snapshots_abort_and_resume_after_sigkill(
+    nats_server, nc, stack, digits_folder
+):
+    ingest = await asyncio.to_thread(stack, "ingest_service")
+    await create_dataset(
+        nats_server.url, "synthetic", {**DATASET_FORM, "folder_train": str(digits_folder)}
+    )
+    dataset = await finished_job(nc, "synthetic")
+    assert dataset.status == jobs.DONE, dataset.error
+    assert ingest.healthy()
+    trainer = await asyncio.to_thread(stack, "train_service")
+    # 1. Snapshot interval 0.5 over 2 epochs gives 4 snapshots.
+    form = {**LENET, "train_epochs": 2, "snapshot_interval": 0.5, "batch_size": 16}
+    await create_model(nats_server.url, "halves", dataset.id, form)
+    halves = await finished_job(nc, "halves", timeout=300)
+    assert halves.status == jobs.DONE, halves.error
+    assert halves.extra["snapshots"] == [0.5, 1, 1.5, 2]
+    store = await job_store(nc)
+
+    # 2. SIGKILL mid-training: redelivered, resumed from the last epoch, same epoch count.
+    form = {**LENET, "train_epochs": 6, "snapshot_interval": 1, "batch_size": 8}
+    await create_model(nats_server.url, "killed", dataset.id, form)
+
+    async def snapshot_of(name: str, at_least: int) -> jobs.Job | None:
+        for job in await store.list():
+            if job.name == name and len(job.extra.get("snapshots", [])) >= at_least:
+                return job
+        return None
+
+    await wait_for(lambda: snapshot_of("killed", 2), timeout=300, interval=0.2)
+    trainer.proc.kill()
+    await asyncio.to_thread(trainer.proc.wait, 10)
+    await asyncio.to_thread(stack, "train_service")
+    killed = await finished_job(nc, "killed", timeout=400)
+    assert killed.status == jobs.DONE, killed.error
+    assert killed.extra["snapshots"] == [1, 2, 3, 4, 5, 6]
+    progress = [e for e in await job_events(nc, killed.id) if isinstance(e, events.TrainProgress)]
+    assert max(e.epoch for e in progress) == 6
+
+    # 3. Abort mid-training: Aborted, with the snapshots so far.
+    form = {**LENET, "train_epochs": 30, "snapshot_interval": 1, "batch_size": 8}
+    await create_model(nats_server.url, "aborted", dataset.id, form)
+    job = await wait_for(lambda: snapshot_of("aborted", 1), timeout=300, interval=0.2)
+    await nc.jetstream().publish(
+        subjects.CMD_JOB_ABORT, msgpack.packb({"type": "job.abort", "job_id": job.id})
+    )
+    aborted = await finished_job(nc, "aborted", timeout=60)
+    assert aborted.status == jobs.ABORTED
+    await asyncio.sleep(3)  # the worker stops at the next batch; nothing is added after
+    final = await store.get(job.id)
+    assert 1 <= len(final.extra["snapshots"]) < 30
+    ready = [e for e in await job_events(nc, job.id) if isinstance(e, events.ModelReady)]
+    assert not ready
+
+
+async def test_a_model_on_a_failed_dataset_fails(nats_server, nc, stack, tmp_path):
+    await asyncio.gather(
+        asyncio.to_thread(stack, "ingest_service"), asyncio.to_thread(stack, "train_service")
+    )
+    await create_dataset(nats_server.url, "broken", {**DATASET_FORM, "folder_train": "/etc"})
+    dataset_id = await dataset_job_id(nc, "broken")
+    await create_model(nats_server.url, "orphan", dataset_id, LENET)
+    model = await finished_job(nc, "orphan", timeout=60)
+    assert model.status == jobs.ERROR
+    assert "broken" in model.error and "Error" in model.error
+
+
+async def test_a_learning_rate_and_batch_size_sweep_makes_one_job_each(
+    nats_server, nc, stack, tmp_path
+):
+    await asyncio.to_thread(stack, "train_service")
+    store = await job_store(nc)
+    dataset = await store.create(jobs.Job(id=jobs.new_job_id(), type="dataset", name="pending"))
+    form = {**LENET, "learning_rate": "0.01, 0.001", "batch_size": "16,32"}
+    await create_model(nats_server.url, "sweep", dataset.id, form)
+
+    async def four() -> list[jobs.Job] | None:
+        found = [j for j in await store.list() if j.name.startswith("sweep")]
+        return found if len(found) == 4 and all(j.status == "W" for j in found) else None
+
+    models = await wait_for(four, timeout=30)
+    assert sorted(j.name for j in models) == [
+        "sweep (lr=0.001, bs=16)",
+        "sweep (lr=0.001, bs=32)",
+        "sweep (lr=0.01, bs=16)",
+        "sweep (lr=0.01, bs=32)",
+    ]
+    assert {(j.form["learning_rate"], j.form["batch_size"]) for j in models} == {
+        (0.01, 16),
+        (0.01, 32),
+        (0.001, 16),
+        (0.001, 32),
+    }
