@@ -107,11 +107,13 @@ class TrainSession:
             model, state = self._model(Path(tmp), dataset, total_steps)
             callback = Reporter(self, Path(tmp), steps_per_epoch, total_steps, val, state)
             if state.epoch * steps_per_epoch < total_steps:
+                train.set_epoch(state.epoch)  # a resumed run sees the same order as an unbroken one
                 model.fit(
                     train,
                     epochs=math.ceil(opts.epochs),
                     initial_epoch=state.epoch,
                     callbacks=[callback],
+                    shuffle=False,  # the dataset shuffles, seeded; Keras's shuffle is not
                     verbose=0,
                 )
             aborted = self.stop.is_set() and callback.step < total_steps
