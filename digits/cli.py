@@ -108,6 +108,17 @@ async def _init(settings: Settings) -> None:
 
 
 DEMO_COMMAND_ID = "demo-dataset-synthetic-v1"
+DEMO_MODEL_ID = "demo-model-lenet-v1"
+DEMO_MODEL_FORM = {
+    "standard_networks": "lenet",
+    "train_epochs": 10,
+    "batch_size": 32,
+    "solver_type": "ADAM",
+    "learning_rate": 0.002,
+    "lr_policy": "fixed",
+    "use_mean": "image",
+    "random_seed": 1,
+}
 
 
 async def _demo(settings: Settings, data_dir: Path) -> str:
@@ -137,12 +148,24 @@ async def _demo(settings: Settings, data_dir: Path) -> str:
         js = nc.jetstream()
         await bus.publish_event(js, command)
         idem = await js.key_value("digits-idem")
-        for _ in range(100):  # the ingest service claims the command when it takes it
+        for _ in range(150):  # the ingest service claims the command when it takes it
             try:
-                return (await idem.get(f"dataset-create.{DEMO_COMMAND_ID}")).value.decode()
+                job_id = (await idem.get(f"dataset-create.{DEMO_COMMAND_ID}")).value.decode()
+                break
             except nats.js.errors.KeyNotFoundError:
                 await asyncio.sleep(0.2)
-        return "(queued)"
+        else:
+            return "(queued)"
+        # A LeNet on it: it waits for the dataset, then trains, so the graphs move at once.
+        model = events.ModelCreate(
+            event_id=DEMO_MODEL_ID,
+            name="LeNet (demo)",
+            group="demo",
+            dataset_id=job_id,
+            form=DEMO_MODEL_FORM,
+        )
+        await bus.publish_event(js, model)
+        return job_id
     finally:
         await nc.close()
 

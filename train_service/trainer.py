@@ -73,6 +73,11 @@ class Trainer:
         )
         try:
             result = await asyncio.to_thread(session.run)
+        except asyncio.CancelledError:
+            # The service is stopping: the thread stops at the next batch, the message is
+            # nak'ed, and the next worker resumes from the last checkpoint.
+            stop.set()
+            raise
         except Exception as exc:  # noqa: BLE001 - the network, the data or the options are bad
             if (msg.metadata.num_delivered or 1) < 2 and _transient(exc):
                 raise

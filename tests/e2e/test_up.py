@@ -22,6 +22,14 @@ from tests.waiting import wait_for_sync
 pytestmark = pytest.mark.timeout(240)
 
 
+def cmdline(proc: psutil.Process) -> str:
+    """A process's command line ('' once it has exited)."""
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def health(port: int) -> dict | None:
     """The gateway's /healthz.json, or None while it is not answering."""
     try:
@@ -85,12 +93,12 @@ async def create_job(nats_url: str) -> str:
         await nc.close()
 
 
-async def demo_job(nats_url: str) -> jobs.Job | None:
-    """The demo dataset once it has finished."""
+async def demo_job(nats_url: str, job_type: str = "dataset", statuses: str = "DAE"):
+    """The demo job of ``job_type`` once it has one of ``statuses``."""
     nc = await nats.connect(nats_url)
     try:
         for job in await (await job_store(nc)).list():
-            if job.group == "demo" and job.status in jobs.TERMINAL:
+            if job.group == "demo" and job.type == job_type and job.status in statuses:
                 return job
         return None
     finally:
@@ -115,7 +123,7 @@ def test_digits_up_runs_the_stack_and_a_restart_finds_its_jobs(tmp_path):
         assert all(s["alive"] for s in report["services"].values())
         assert report["nats"]["connected"] is True
         children = stack.children()
-        names = " ".join(" ".join(p.cmdline()) for p in children)
+        names = " ".join(cmdline(p) for p in children)
         for module in ("gateway", "ingest_service", "train_service", "view_service", "nats-server"):
             assert module in names
         nats_url = f"nats://127.0.0.1:{stack.nats_port}"
@@ -129,11 +137,15 @@ def test_digits_up_runs_the_stack_and_a_restart_finds_its_jobs(tmp_path):
             check=True,
         ).stdout
         assert "750" in inspected and "250" in inspected  # 1,000 images, 25% for validation
-        crashed = next(p for p in children if "train_service" in " ".join(p.cmdline()))
+        lenet = wait_for_sync(
+            lambda: asyncio.run(demo_job(nats_url, "model", "RD")), timeout=90, interval=1
+        )
+        assert lenet.name == "LeNet (demo)"
+        crashed = next(p for p in children if "train_service" in cmdline(p))
         crashed.kill()  # the supervisor restarts it
 
         def train_restarted() -> bool:
-            cmdlines = [" ".join(p.cmdline()) for p in stack.children() if p.is_running()]
+            cmdlines = [cmdline(p) for p in stack.children() if p.is_running()]
             return any("train_service" in c for c in cmdlines) and bool(stack.all_alive())
 
         wait_for_sync(train_restarted, timeout=60, interval=0.5)
