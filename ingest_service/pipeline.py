@@ -110,6 +110,9 @@ class Pipeline:
         await self.jobs.set_status(job.id, jobs.RUNNING)
         parse = parse_title(job.extension)
         await self.jobs.update_stage(job.id, parse, status=jobs.RUNNING)
+        if job.extra.get("refused"):
+            await self._fail(job.id, parse, job.extra["refused"])
+            return
         try:
             form = await self._form(job)
             itemized = await asyncio.to_thread(_itemize, job.extension, form)
@@ -194,10 +197,13 @@ class Pipeline:
             except JobNotFound:
                 pass
         form = dict(cmd.form)
+        extra: dict[str, Any] = {"watch": watch} if (watch := watch_config(cmd.form)) else {}
         if self.secrets is not None:
             form = await seal_form(self.secrets, form)
-        else:
+        elif any(form.get(k) for k in _secret_fields()):
+            # Never store credentials in the clear: drop them, and fail the job with the reason.
             form = {k: v for k, v in form.items() if k not in _secret_fields()}
+            extra["refused"] = "the form carries credentials but DIGITS_SECRET_KEY is not set"
         job = Job(
             id=job_id,
             type="dataset",
@@ -207,7 +213,7 @@ class Pipeline:
             owner=cmd.owner,
             form=form,
             stages=[Stage(name=parse_title(cmd.extension))],
-            extra={"watch": watch} if (watch := watch_config(cmd.form)) else {},
+            extra=extra,
         )
         try:
             return await self.jobs.create(job)
