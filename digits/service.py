@@ -230,6 +230,21 @@ async def _unsubscribe(sub: object) -> None:
         await sub.unsubscribe()  # type: ignore[attr-defined]
 
 
+async def periodically(
+    stop: asyncio.Event, interval: float, tick: Callable[[], Awaitable[None]], what: str
+) -> None:
+    """Call ``tick`` every ``interval`` seconds until ``stop``; a failed tick is logged."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+        if stop.is_set():
+            return
+        try:
+            await tick()
+        except Exception as exc:  # noqa: BLE001 - the next tick tries again
+            log.warning("%s failed: %r", what, exc)
+
+
 Setup = Callable[[ServiceRuntime], Awaitable[None]]
 
 

@@ -17,6 +17,7 @@ from nats.aio.msg import Msg
 from digits import bus, jobs
 from digits.jobs import Job, Stage
 from digits.notifications import NotificationError, ObjectCreated, parse_notification
+from digits.service import periodically
 from digits.utils.image import SUPPORTED_EXTENSIONS
 from ingest_service.finalize import finalized
 
@@ -198,17 +199,7 @@ class Watcher:
     async def run(self, stop: asyncio.Event) -> None:
         """Flush batches that waited long enough; republish a version a crash left unpublished."""
         interval = self.settings.watch_interval_s
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), interval)
-            except TimeoutError:
-                pass
-            if stop.is_set():
-                return
-            try:
-                await self.tick(interval)
-            except Exception as exc:  # noqa: BLE001 - the next tick tries again
-                log.warning("watch tick failed: %r", exc)
+        await periodically(stop, interval, lambda: self.tick(interval), "watch tick")
 
     async def tick(self, interval: float) -> None:
         """One pass over the watched datasets."""

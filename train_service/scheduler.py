@@ -14,6 +14,7 @@ from nats.js import JetStreamContext
 
 from digits import bus, events, jobs
 from digits.jobs import Job, JobNotFound, JobStore
+from digits.service import periodically
 
 log = logging.getLogger(__name__)
 
@@ -139,19 +140,13 @@ class Scheduler:
 
     async def run(self, stop: asyncio.Event, interval: float = 10.0) -> None:
         """A slow sweep over waiting models, in case a status event was missed."""
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), interval)
-            except TimeoutError:
-                pass
-            if stop.is_set():
-                return
-            try:
-                for job in await self.jobs.list():
-                    if job.type == "model" and job.status == jobs.WAITING:
-                        await self.advance(job)
-            except Exception as exc:  # noqa: BLE001 - the next sweep tries again
-                log.warning("waiting-model sweep failed: %r", exc)
+
+        async def sweep_waiting() -> None:
+            for job in await self.jobs.list():
+                if job.type == "model" and job.status == jobs.WAITING:
+                    await self.advance(job)
+
+        await periodically(stop, interval, sweep_waiting, "waiting-model sweep")
 
     async def _reject(self, cmd: events.ModelCreate, reason: str) -> None:
         rejected = events.CommandRejected(
