@@ -38,7 +38,7 @@ def unique() -> str:
 
 
 @pytest.fixture(scope="module")
-def moto_s3() -> Iterator[str]:
+def moto_url() -> Iterator[str]:
     """A real S3 endpoint over HTTP (moto's server) on a free port; its URL."""
     from moto.server import ThreadedMotoServer
 

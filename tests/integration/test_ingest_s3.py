@@ -110,11 +110,11 @@ def s3_form(endpoint: str, bucket: str, **extra) -> dict:
 
 
 async def test_an_s3_dataset_is_created_by_the_command_alone(
-    nats_server, nc, ingest, moto_s3, unique
+    nats_server, nc, ingest, moto_url, unique
 ):
     objects = {f"train/class{c}/{i:03d}.png": png(40 * c) for c in range(3) for i in range(20)}
-    await upload(moto_s3, f"b-{unique}", objects)
-    await create_dataset(nats_server.url, "from-s3", s3_form(moto_s3, f"b-{unique}"))
+    await upload(moto_url, f"b-{unique}", objects)
+    await create_dataset(nats_server.url, "from-s3", s3_form(moto_url, f"b-{unique}"))
     job = await finished_job(nc, "from-s3")
     assert job.status == jobs.DONE, job.error
     data = dataset.open(job.extra["manifest_url"])
@@ -136,13 +136,13 @@ async def test_an_s3_dataset_is_created_by_the_command_alone(
 
 
 async def test_a_watched_prefix_grows_by_notifications_and_duplicates_do_not(
-    nats_server, nc, ingest, moto_s3, unique
+    nats_server, nc, ingest, moto_url, unique
 ):
     bucket = f"w-{unique}"
     first = {f"train/cat/{i:02d}.png": png(10) for i in range(8)}
     first |= {f"train/dog/{i:02d}.png": png(200) for i in range(8)}
-    listed = await upload(moto_s3, bucket, first)
-    form = s3_form(moto_s3, bucket, s3_watch=True, s3_pct_val=0)
+    listed = await upload(moto_url, bucket, first)
+    form = s3_form(moto_url, bucket, s3_watch=True, s3_pct_val=0)
     await create_dataset(nats_server.url, "watched", form)
     job = await finished_job(nc, "watched")
     assert job.status == jobs.DONE, job.error
@@ -150,7 +150,7 @@ async def test_a_watched_prefix_grows_by_notifications_and_duplicates_do_not(
 
     new = {"train/cat/new 1.png": png(12), "train/dog/new-2.png": png(198)}
     new |= {f"train/bird/{i}.png": png(100) for i in range(3)}
-    etags = await upload(moto_s3, bucket, new)
+    etags = await upload(moto_url, bucket, new)
     js = nc.jetstream()
     s3_subject = f"{subjects.S3}.{bucket}"
     two = dict(list(etags.items())[:2])
@@ -193,9 +193,9 @@ async def test_a_watched_prefix_grows_by_notifications_and_duplicates_do_not(
 
 
 async def test_a_bucket_that_does_not_exist_fails_the_job_naming_it(
-    nats_server, nc, ingest, moto_s3, unique
+    nats_server, nc, ingest, moto_url, unique
 ):
-    await create_dataset(nats_server.url, "no-bucket", s3_form(moto_s3, f"missing-{unique}"))
+    await create_dataset(nats_server.url, "no-bucket", s3_form(moto_url, f"missing-{unique}"))
     job = await finished_job(nc, "no-bucket")
     assert job.status == jobs.ERROR
     assert f"missing-{unique}" in job.error and "NoSuchBucket" in job.error

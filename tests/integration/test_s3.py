@@ -8,7 +8,6 @@ import io
 import json
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,20 +21,6 @@ from digits.s3 import S3Error, fetch_objects, is_missing, list_objects, s3_clien
 from digits.utils.constants import TEST_DB, TRAIN_DB, VAL_DB
 
 CREDS = ("testing", "testing")
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    """A moto S3 server on a free port, shared by this module's tests."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
 
 
 def _raw(url: str, service: str = "s3"):  # noqa: ANN202

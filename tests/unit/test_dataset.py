@@ -7,7 +7,6 @@ import io
 import json
 import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import lmdb
@@ -31,7 +30,6 @@ from digits.dataset import (
     mean_png_bytes,
     shard_key,
 )
-from digits.natsserver import free_port
 from digits.store import FileStore, S3Store, Store
 
 RNG = np.random.default_rng(7)
@@ -401,20 +399,6 @@ def test_open_rejects_escaping_keys(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- S3 (a real moto server)
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    """A moto S3 server on a free port, for this module only."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture

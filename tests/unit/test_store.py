@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,6 @@ from aiobotocore.session import get_session
 
 from digits import store as store_mod
 from digits.config import Settings
-from digits.natsserver import free_port
 from digits.store import (
     FileStore,
     NotFoundError,
@@ -165,20 +164,6 @@ def test_open_store_rejects(url: str) -> None:
 
 
 # ---------------------------------------------------------------- S3Store against moto
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    """A moto S3 server on a free port, shared by this module's tests."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
 
 
 def _client(url: str, service: str = "s3"):  # noqa: ANN202
