@@ -153,13 +153,14 @@ class ShardWriter:
         """Encode and append one sample."""
         self.put_encoded(encode_sample(feature, label, encoding))
 
-    def put_encoded(self, data: bytes) -> None:
-        """Append one already encoded sample."""
+    def put_encoded(self, data: bytes, *, count_labels: bool = True) -> None:
+        """Append one already encoded sample (``count_labels=False`` skips the histogram)."""
         if self._env is None:
             raise ValueError(f"shard {self.path} is closed")
-        label = sample_label(data)
-        if isinstance(label, int):
-            self.histogram[str(label)] = self.histogram.get(str(label), 0) + 1
+        if count_labels:
+            label = sample_label(data)
+            if isinstance(label, int):
+                self.histogram[str(label)] = self.histogram.get(str(label), 0) + 1
         self._pending.append(data)
         self.count += 1
         if len(self._pending) >= self._batch:

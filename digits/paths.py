@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +14,13 @@ class PathNotAllowed(ValueError):
 
 def resolve_roots(roots: Sequence[str]) -> tuple[Path, ...]:
     """Resolve each data root (``~`` expanded, symlinks followed); empty entries are dropped."""
-    return tuple(Path(os.path.expanduser(str(r))).resolve() for r in roots if str(r).strip())
+    return _resolve_roots(tuple(str(r) for r in roots))
+
+
+@functools.lru_cache(maxsize=64)
+def _resolve_roots(roots: tuple[str, ...]) -> tuple[Path, ...]:
+    # Ingest checks every entry: resolving the roots once per process, not once per image.
+    return tuple(Path(os.path.expanduser(r)).resolve() for r in roots if r.strip())
 
 
 def confine(path: str | os.PathLike[str], roots: Sequence[str]) -> Path:
@@ -33,11 +40,14 @@ def confine(path: str | os.PathLike[str], roots: Sequence[str]) -> Path:
     if not expanded.is_absolute():
         raise PathNotAllowed(f"path {text!r} is not absolute; give an absolute path in a data root")
     try:
-        resolved = expanded.resolve()
-    except (OSError, RuntimeError) as exc:  # symlink loops, unreadable components
+        resolved = Path(os.path.realpath(expanded, strict=False))
+    except (OSError, RuntimeError, ValueError) as exc:  # symlink loops, unreadable components
         raise PathNotAllowed(f"path {text!r} cannot be resolved: {exc}") from exc
-    if any(resolved.is_relative_to(root) for root in resolved_roots):
-        return resolved
+    text_resolved = str(resolved)
+    for root in resolved_roots:
+        base = str(root)
+        if text_resolved == base or text_resolved.startswith(base.rstrip(os.sep) + os.sep):
+            return resolved
     shown = os.pathsep.join(str(r) for r in resolved_roots)
     raise PathNotAllowed(
         f"path {text!r} (resolved to {str(resolved)!r}) is outside the data roots {shown!r} "

@@ -30,14 +30,17 @@ async def setup(rt: ServiceRuntime) -> None:
     if settings.secret_key:
         secrets = SecretStore(rt.kv[subjects.KV_SECRETS], SecretBox(settings.secret_key))
     size = settings.ingest_procs or os.cpu_count() or 1
-    # spawn: the encoding processes must not inherit the event loop or the NATS sockets.
-    pool = ProcessPoolExecutor(size, mp_context=multiprocessing.get_context("spawn"))
+
+    def new_pool() -> ProcessPoolExecutor:
+        # spawn: the encoding processes must not inherit the event loop or the NATS sockets.
+        return ProcessPoolExecutor(size, mp_context=multiprocessing.get_context("spawn"))
+
+    pipeline = Pipeline(rt.js, rt.jobs, store, settings, secrets, new_pool, size)
 
     async def shutdown_pool() -> None:
-        await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
+        await asyncio.to_thread(pipeline.close)
 
     rt.defer(shutdown_pool)
-    pipeline = Pipeline(rt.js, rt.jobs, store, settings, secrets, pool, size)
     rt.add_worker(
         subjects.CONSUMERS[subjects.CONSUMER_JOB_COMMANDS],
         partial(handle_job_command, rt.js, rt.jobs, store=store),

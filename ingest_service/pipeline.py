@@ -6,7 +6,9 @@ import asyncio
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +87,7 @@ class Pipeline:
         store: Store,
         settings: Settings,
         secrets: SecretStore | None,
-        pool: Executor,
+        pool_factory: Callable[[], Executor],
         pool_size: int,
     ) -> None:
         self.js = js
@@ -93,7 +95,8 @@ class Pipeline:
         self.store = store
         self.settings = settings
         self.secrets = secrets
-        self.pool = pool
+        self.pool_factory = pool_factory
+        self.pool = pool_factory()
         self.pool_size = pool_size
 
     # --- the coordinator ---------------------------------------------------------------------
@@ -309,7 +312,7 @@ class Pipeline:
             with ShardWriter(path) as writer:
                 for result in results:
                     for sample in result.samples:
-                        writer.put_encoded(sample)
+                        writer.put_encoded(sample, count_labels=False)  # counted already
             await self.store.put_file(f"{stem}.lmdb", path)
         if stats.get("mean"):
             await self.store.put(f"{stem}.mean.npy", finalize.merged_mean_bytes(results))
@@ -336,7 +339,14 @@ class Pipeline:
             while tasks:
                 done, pending = await asyncio.wait(tasks, timeout=2.0)
                 for task in done:
-                    task.result()  # re-raise a process failure (the message is redelivered)
+                    try:
+                        task.result()  # a failure is re-raised: the message is redelivered
+                    except BrokenProcessPool:
+                        # An encoding process died (killed, or a decoder crashed): a new pool
+                        # serves the retry; the broken one never would.
+                        old, self.pool = self.pool, self.pool_factory()
+                        old.shutdown(wait=False, cancel_futures=True)
+                        raise bus.Transient("an encoding process died; retrying", 1.0) from None
                 tasks = list(pending)
                 if tasks and (await self.jobs.get(job.id)).status in (jobs.ABORTED, jobs.ERROR):
                     return None
@@ -344,6 +354,10 @@ class Pipeline:
             for task in tasks:
                 task.cancel()
         return [r for r in results if r is not None]
+
+    def close(self) -> None:
+        """Stop the encoding processes."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
     async def _maybe_finalize(self, job: Job) -> None:
         if finalize.all_shards_done(job):

@@ -322,3 +322,26 @@ async def test_delete_is_refused_while_a_model_uses_the_dataset_then_removes_fil
     await wait_for(gone, timeout=20)
     with pytest.raises(jobs.JobNotFound):
         await store.get(dataset_job.id)
+
+
+async def test_an_encoding_process_that_dies_is_replaced_and_counts_stay_exact(
+    nats_server, nc, slow_ingest, tmp_path
+):
+    import psutil
+
+    make_folder(tmp_path / "train", classes=10, per_class=150, size=32)
+    service = await asyncio.to_thread(slow_ingest)
+    form = {"method": "folder", "folder_train": str(tmp_path / "train"), "folder_pct_val": 0}
+    form.update(resize_width=48, resize_height=48, resize_channels=3, resize_mode="fill")
+    await create_dataset(nats_server.url, "pool-crash", form)
+    await wait_shards(nc, "pool-crash", 1)
+    children = psutil.Process(service.proc.pid).children(recursive=True)
+    encoders = [p for p in children if "multiprocessing" in " ".join(p.cmdline())]
+    assert encoders, "the service encodes in child processes"
+    for proc in encoders:
+        proc.kill()
+    job = await finished_job(nc, "pool-crash", timeout=180)
+    assert job.status == jobs.DONE, job.error
+    data = dataset.open(job.extra["manifest_url"])
+    assert data.count("train_db") == 1500 and data.manifest.stages["train_db"].skipped == 0
+    assert service.healthy()
