@@ -41,6 +41,7 @@ class Settings:
     ingest_procs: int = 0
     shard_size: int = 1000
     watch_batch: int = 100
+    model_cache_mb: int = 2048
     watch_interval_s: float = 5.0
     log_level: str = "INFO"
     allow_python_networks: bool = False
@@ -82,6 +83,7 @@ class Settings:
         ints["ingest_procs"] = (0, 256)
         ints["shard_size"] = (1, 1_000_000)
         ints["watch_batch"] = (1, 100_000)
+        ints["model_cache_mb"] = (16, 1 << 20)
         for name, (lo, hi) in ints.items():
             var = f"DIGITS_{name.upper()}"
             if get(var):
@@ -130,6 +132,7 @@ class Settings:
             "DIGITS_INGEST_PROCS": str(self.ingest_procs),
             "DIGITS_SHARD_SIZE": str(self.shard_size),
             "DIGITS_WATCH_BATCH": str(self.watch_batch),
+            "DIGITS_MODEL_CACHE_MB": str(self.model_cache_mb),
             "DIGITS_WATCH_INTERVAL_S": str(self.watch_interval_s),
             "DIGITS_LOG_LEVEL": self.log_level,
             "DIGITS_HEALTH_HOST": self.health_host,

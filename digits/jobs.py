@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import secrets as _random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -170,13 +170,18 @@ class JobStore:
             return changed
         raise JobError(f"job {job_id!r}: gave up after {self.max_attempts} conflicting updates")
 
-    async def set_status(self, job_id: str, status: str, message: str = "") -> Job:
-        """Move a job to ``status``; a finished job (Done, Aborted, Error) stays finished."""
+    async def set_status(
+        self, job_id: str, status: str, message: str = "", only_from: Iterable[str] | None = None
+    ) -> Job:
+        """Move a job to ``status`` (only from ``only_from``, if given); finished stays finished."""
         if status not in STATUS_NAMES:
             raise JobError(f"status {status!r} is not one of {', '.join(STATUS_NAMES)}")
+        allowed = set(only_from) if only_from is not None else None
 
         def mutate(job: Job) -> Job | None:
             if job.status == status or job.status in TERMINAL:
+                return None
+            if allowed is not None and job.status not in allowed:
                 return None
             entry = StatusEntry(status=status, at=time.time(), message=message)
             return msgspec.structs.replace(

@@ -88,12 +88,28 @@ class ServiceRuntime:
         self._spawn(worker.run(self.stop))
         return worker
 
-    async def add_responder(self, subject: str, queue: str, respond: Responder) -> None:
-        """Answer core-NATS requests on ``subject`` in queue group ``queue``."""
+    async def add_responder(
+        self, subject: str, queue: str, respond: Responder, concurrency: int = 16
+    ) -> None:
+        """Answer core-NATS requests on ``subject`` in queue group ``queue``, several at once."""
         assert self.nc is not None, "start() first"
         labels = (self.name, subject)
+        limit = asyncio.Semaphore(concurrency)
+        running: set[asyncio.Task[None]] = set()
 
         async def on_request(msg: Msg) -> None:
+            # nats-py awaits a subscription's callbacks one by one: hand each request to a task,
+            # so a long request does not hold up the quick ones (and concurrent ones can batch).
+            await limit.acquire()
+            task = asyncio.ensure_future(answer(msg))
+            running.add(task)
+            task.add_done_callback(lambda t: (running.discard(t), limit.release()))
+
+        async def drain() -> None:
+            if running:
+                await asyncio.wait(running, timeout=20)
+
+        async def answer(msg: Msg) -> None:
             self.metrics.in_flight.labels(*labels).inc()
             started = time.perf_counter()
             try:
@@ -113,6 +129,7 @@ class ServiceRuntime:
                     await msg.respond(reply)
 
         sub = await self.nc.subscribe(subject, queue=queue, cb=on_request)
+        self._stack.push_async_callback(drain)
         self._stack.push_async_callback(_unsubscribe, sub)
 
     def background(self, coro: Awaitable[None]) -> None:

@@ -29,6 +29,9 @@ WORK_TRAIN = f"{WORK}.train"
 
 # Inference and other synchronous queries (core NATS request/reply, queue groups).
 RPC_INFER = f"{RPC}.infer"
+RPC_INFER_CLASSIFY = f"{RPC_INFER}.classify"
+RPC_INFER_MANY = f"{RPC_INFER}.many"
+RPC_INFER_TOPN = f"{RPC_INFER}.topn"
 
 # Streams.
 STREAM_CMD = "DIGITS_CMD"

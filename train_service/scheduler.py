@@ -121,13 +121,18 @@ class Scheduler:
             await self.jobs.update(
                 job.id, lambda j: msgspec.structs.replace(j, extra={**j.extra, "queued": True})
             )
-            if job.status == jobs.INITIALIZED:
-                await self.jobs.set_status(job.id, jobs.WAITING, "queued for training")
+            # Only from Initialized: a worker may have started it already (Running).
+            await self.jobs.set_status(
+                job.id, jobs.WAITING, "queued for training", only_from=[jobs.INITIALIZED]
+            )
         elif dataset.status in (jobs.ERROR, jobs.ABORTED):
             reason = f"dataset {dataset.name!r} ({dataset.id}) is {dataset.status_name}"
-            await self.jobs.set_status(job.id, jobs.ERROR, reason)
-        elif job.status == jobs.INITIALIZED:
-            await self.jobs.set_status(job.id, jobs.WAITING, f"waiting for dataset {dataset.id}")
+            await self.jobs.set_status(
+                job.id, jobs.ERROR, reason, only_from=[jobs.INITIALIZED, jobs.WAITING]
+            )
+        else:
+            waiting = f"waiting for dataset {dataset.id}"
+            await self.jobs.set_status(job.id, jobs.WAITING, waiting, only_from=[jobs.INITIALIZED])
 
     async def on_status(self, msg: Msg) -> None:
         """A job changed status: a finished dataset releases (or fails) its waiting models."""

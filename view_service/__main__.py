@@ -4,18 +4,33 @@ from __future__ import annotations
 
 import sys
 from functools import partial
+from pathlib import Path
 
 from digits import subjects
 from digits.service import ServiceRuntime, main
-from view_service.handlers import infer
+from digits.store import store_from_settings
+from view_service.handlers import ROUTES, respond
+from view_service.models import Batcher, Deps, ModelCache
 
 NAME = "view"
 
 
 async def setup(rt: ServiceRuntime) -> None:
-    """Answer inference requests."""
+    """Answer inference requests: classify one, classify many, top N."""
     assert rt.jobs is not None
-    await rt.add_responder(subjects.RPC_INFER, subjects.QUEUE_VIEW, partial(infer, rt.jobs))
+    settings = rt.settings
+    store = store_from_settings(settings)
+    rt.defer(store.close)
+    work = Path(settings.data_dir, "cache", "view")
+    deps = Deps(
+        cache=ModelCache(store, rt.jobs, work, max_bytes=settings.model_cache_mb << 20),
+        batcher=Batcher(max_batch=32, max_delay=0.005),
+        store=store,
+        data_roots=settings.data_roots,
+        work_dir=work,
+    )
+    for subject in ROUTES:
+        await rt.add_responder(subject, subjects.QUEUE_VIEW, partial(respond, deps))
 
 
 if __name__ == "__main__":

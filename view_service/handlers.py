@@ -1,42 +1,48 @@
-"""Inference request handlers: plain msgpack in, plain msgpack out."""
+"""Inference requests over NATS: plain msgpack in, plain msgpack out, one handler per subject."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
 
-from digits.jobs import JobNotFound, JobStore
+from digits import subjects
+from digits.utils.image import ImageError
+from view_service import classify
+from view_service.models import Deps, InferenceError
 
-MAX_REQUEST_BYTES = 8 * 1024 * 1024
+MAX_REQUEST_BYTES = classify.MAX_TOTAL_BYTES + (1 << 20)  # the images plus the request's fields
+
+# subject -> (request type, handler): the one place the inference API is registered.
+ROUTES: dict[str, tuple[type, Callable[[Deps, Any], Awaitable[Any]]]] = {
+    subjects.RPC_INFER_CLASSIFY: (classify.ClassifyOne, classify.classify_one),
+    subjects.RPC_INFER_MANY: (classify.ClassifyMany, classify.classify_many),
+    subjects.RPC_INFER_TOPN: (classify.TopN, classify.top_n),
+}
 
 
-class InferRequest(msgspec.Struct, kw_only=True):
-    """What a caller asks for: a model job, a snapshot epoch (-1: last) and inputs."""
-
-    job_id: str
-    epoch: float = -1
-    images: list[bytes] = msgspec.field(default_factory=list)
-
-
-def _error(message: str) -> bytes:
+def error(message: str) -> bytes:
+    """An error reply."""
     return msgspec.msgpack.encode({"ok": False, "error": message})
 
 
-async def infer(jobs: JobStore, msg: Msg) -> bytes:
-    """Reply to an inference request; every bad input gets an error reply naming it."""
+async def respond(deps: Deps, msg: Msg) -> bytes:
+    """Decode the request for the message's subject, run its handler; every failure is a reply."""
     if len(msg.data) > MAX_REQUEST_BYTES:
-        return _error(f"request of {len(msg.data)} bytes exceeds {MAX_REQUEST_BYTES} bytes")
+        return error(f"request of {len(msg.data)} bytes exceeds {MAX_REQUEST_BYTES} bytes")
+    route = ROUTES.get(msg.subject)
+    if route is None:
+        known = ", ".join(sorted(ROUTES))
+        return error(f"no inference handler for {msg.subject!r}; subjects: {known}")
+    request_type, handler = route
     try:
-        req = msgspec.msgpack.decode(msg.data, type=InferRequest)
+        request = msgspec.msgpack.decode(msg.data, type=request_type)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        return _error(f"malformed inference request: {exc}")
+        return error(f"malformed {request_type.__name__} request: {exc}")
     try:
-        job = await jobs.get(req.job_id)
-    except JobNotFound as exc:
-        return _error(str(exc))
-    if job.type != "model":
-        return _error(f"job {job.id} is a {job.type}, not a model")
-    snapshots = job.extra.get("snapshots") or []
-    if not snapshots:
-        return _error(f"model {job.id} has no snapshot yet")
-    return _error(f"model {job.id}: inference is not available in this version")
+        reply = await handler(deps, request)
+    except (InferenceError, ImageError) as exc:
+        return error(str(exc))
+    return msgspec.msgpack.encode(reply)

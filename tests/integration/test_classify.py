@@ -319,7 +319,7 @@ async def test_concurrent_single_requests_are_batched_and_agree(deps, world):
     alone = []
     for image in images:
         alone.append(await classify.classify_one(deps, ClassifyOne(job_id=MODEL, image=image)))
-    calls = model.calls
+    calls, deps.batcher = model.calls, Batcher(max_batch=16, max_delay=0.05)
     together = await asyncio.gather(
         *(classify.classify_one(deps, ClassifyOne(job_id=MODEL, image=i)) for i in images)
     )

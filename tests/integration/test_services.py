@@ -91,15 +91,16 @@ async def test_abort_of_a_finished_job_is_rejected_with_a_reason(nats_server, nc
 
 async def test_view_service_answers_plain_msgpack_requests(nats_server, nc, services):
     await asyncio.to_thread(services, "view_service", nats_server.url)
-    reply = await nc.request(
-        subjects.RPC_INFER, msgpack.packb({"job_id": "20260101-000000-dead"}), timeout=10
-    )
+    request = {"job_id": "20260101-000000-dead", "image": b"\x89PNG"}
+    reply = await nc.request(subjects.RPC_INFER_CLASSIFY, msgpack.packb(request), timeout=10)
     assert msgpack.unpackb(reply.data) == {
         "ok": False,
         "error": "no job with id '20260101-000000-dead'",
     }
-    reply = await nc.request(subjects.RPC_INFER, b"\xc1", timeout=10)
-    assert msgpack.unpackb(reply.data)["error"].startswith("malformed inference request")
+    reply = await nc.request(subjects.RPC_INFER_CLASSIFY, b"\xc1", timeout=10)
+    assert msgpack.unpackb(reply.data)["error"].startswith("malformed ClassifyOne request")
+    reply = await nc.request(subjects.RPC_INFER_MANY, msgpack.packb({"job_id": "x"}), timeout=10)
+    assert msgpack.unpackb(reply.data)["ok"] is False
 
 
 async def test_services_report_health_and_stop_cleanly_on_sigterm(nats_server, tmp_path):

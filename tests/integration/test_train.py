@@ -250,3 +250,59 @@ async def test_a_learning_rate_and_batch_size_sweep_makes_one_job_each(
         (0.001, 16),
         (0.001, 32),
     }
+
+
+async def test_inference_over_nats_while_another_model_trains(
+    nats_server, nc, stack, digits_folder
+):
+    for module in ("ingest_service", "train_service", "view_service"):
+        await asyncio.to_thread(stack, module)
+    await create_dataset(
+        nats_server.url, "synthetic", {**DATASET_FORM, "folder_train": str(digits_folder)}
+    )
+    dataset_id = await dataset_job_id(nc, "synthetic")
+    await create_model(nats_server.url, "lenet", dataset_id, LENET)
+    model = await finished_job(nc, "lenet", timeout=300)
+    assert model.status == jobs.DONE, model.error
+    # A long training job runs meanwhile.
+    await create_model(nats_server.url, "busy", dataset_id, {**LENET, "train_epochs": 50})
+    store = await job_store(nc)
+
+    async def busy_running() -> bool:
+        return any(j.name == "busy" and j.status == "R" for j in await store.list())
+
+    await wait_for(busy_running, timeout=120)
+    test_folder = digits_folder.parent / "test"
+    labels = sorted(p.name for p in test_folder.iterdir())
+    plain = await nats.connect(nats_server.url)  # a client that knows only msgpack
+    try:
+        right = total = 0
+        for label in labels:
+            for image in sorted((test_folder / label).iterdir())[:5]:
+                request = {"job_id": model.id, "image": image.read_bytes(), "top_k": 3}
+                reply = msgpack.unpackb(
+                    (
+                        await plain.request(
+                            "digits.v1.rpc.infer.classify", msgpack.packb(request), timeout=30
+                        )
+                    ).data
+                )
+                assert reply["ok"], reply
+                assert len(reply["predictions"]) == 3
+                right += reply["predictions"][0]["label"] == label
+                total += 1
+        assert right / total >= 0.95, f"{right}/{total} right"
+        many = {"job_id": model.id, "folder": str(test_folder), "max_results": 5}
+        reply = msgpack.unpackb(
+            (await plain.request("digits.v1.rpc.infer.many", msgpack.packb(many), timeout=120)).data
+        )
+        assert reply["ok"] and reply["count"] == 200 and reply["skipped"] == 0
+        assert reply["top1_accuracy"] >= 0.95 and len(reply["results"]) == 5
+        assert len(reply["confusion_matrix"]) == 10
+    finally:
+        await plain.close()
+    busy = await dataset_job_id(nc, "busy")
+    assert (await store.get(busy)).status == "R", "it trained all along"
+    await nc.jetstream().publish(
+        subjects.CMD_JOB_ABORT, msgpack.packb({"type": "job.abort", "job_id": busy})
+    )
