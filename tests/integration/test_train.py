@@ -153,6 +153,36 @@ async def test_lenet_learns_the_synthetic_set_and_reports_in_order(
     assert len(ready) == 1 and ready[0].snapshots == [2, 4]
     assert ready[0].metrics["val_accuracy"] >= 0.95
 
+    # "Previous network": fine-tuning starts from the trained weights, not from scratch.
+    previous = {**LENET, "method": "previous", "previous_networks": model.id, "train_epochs": 1}
+    await create_model(nats_server.url, "fine-tuned", dataset_id, previous)
+    tuned = await finished_job(nc, "fine-tuned", timeout=120)
+    assert tuned.status == jobs.DONE, tuned.error
+    first = next(e for e in await job_events(nc, tuned.id) if isinstance(e, events.TrainProgress))
+    assert first.epoch <= 0.25 and first.metrics["accuracy"] >= 0.9
+
+    # A custom network as Keras model JSON.
+    import keras
+
+    custom = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(10),
+        ]
+    ).to_json()
+    form = {**LENET, "method": "custom", "custom_network": custom, "train_epochs": 2}
+    await create_model(nats_server.url, "custom", dataset_id, form)
+    done = await finished_job(nc, "custom", timeout=120)
+    assert done.status == jobs.DONE, done.error
+    assert done.extra["final_metrics"]["val_accuracy"] >= 0.8
+    lambda_json = custom.replace('"Flatten"', '"Lambda"')
+    form = {**LENET, "method": "custom", "custom_network": lambda_json, "train_epochs": 1}
+    await create_model(nats_server.url, "unsafe", dataset_id, form)
+    unsafe = await finished_job(nc, "unsafe", timeout=120)
+    assert unsafe.status == jobs.ERROR and "Lambda" in unsafe.error
+
 
 async def test_half_epoch_snapshots_abort_and_resume_after_sigkill(
     nats_server, nc, stack, digits_folder
