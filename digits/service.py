@@ -126,7 +126,11 @@ class ServiceRuntime:
                 self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
             if msg.reply:
                 with contextlib.suppress(nats.errors.Error):
-                    await msg.respond(reply)
+                    try:
+                        await msg.respond(reply)
+                    except nats.errors.MaxPayloadError:
+                        too_big = f"reply of {len(reply)} bytes exceeds the server's max_payload"
+                        await msg.respond(msgspec.msgpack.encode({"ok": False, "error": too_big}))
 
         sub = await self.nc.subscribe(subject, queue=queue, cb=on_request)
         self._stack.push_async_callback(drain)

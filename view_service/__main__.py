@@ -30,7 +30,8 @@ async def setup(rt: ServiceRuntime) -> None:
         work_dir=work,
     )
     for subject in ROUTES:
-        await rt.add_responder(subject, subjects.QUEUE_VIEW, partial(respond, deps))
+        # Enough concurrent single-image requests to fill one batch of the batcher.
+        await rt.add_responder(subject, subjects.QUEUE_VIEW, partial(respond, deps), concurrency=32)
 
 
 if __name__ == "__main__":

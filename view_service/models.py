@@ -6,6 +6,7 @@ Keras is imported here only, and lazily (the first model load brings it in).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -15,7 +16,7 @@ import tempfile
 import uuid
 import zlib
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -340,9 +341,25 @@ class Batcher:
         self._running = asyncio.Semaphore(max_running)
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches: deque[int] = deque(maxlen=1000)  # sizes of the last batches run
+        self.coming = 0  # requests still preparing an input for predict()
 
-    async def predict(self, model: LoadedModel, x: np.ndarray) -> np.ndarray:
-        """The probabilities of one preprocessed input, predicted with its concurrent peers."""
+    @contextlib.contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Around a request's work before predict: a batch waits only for requests inside."""
+        self.coming += 1
+        try:
+            yield
+        finally:
+            self.coming -= 1
+
+    async def predict(
+        self, model: LoadedModel, x: np.ndarray, *, counted: bool = False
+    ) -> np.ndarray:
+        """The probabilities of one preprocessed input, predicted with its concurrent peers.
+
+        A counted request (one that went through ``expecting``) flushes the batch as soon as no
+        other request is still on its way; otherwise the batch waits up to ``max_delay``.
+        """
         x = np.asarray(x, np.float32)
         if x.shape != model.sample_shape:
             raise ValueError(f"input of shape {x.shape} is not {model.sample_shape}")
@@ -350,7 +367,7 @@ class Batcher:
         future: asyncio.Future[np.ndarray] = loop.create_future()
         queue = self._pending.setdefault(model, [])
         queue.append((x, future))
-        if len(queue) >= self.max_batch:
+        if len(queue) >= self.max_batch or (counted and self.coming == 0):
             self._flush(model)
         elif len(queue) == 1:
             self._timers[model] = loop.call_later(self.max_delay, self._flush, model)

@@ -1,0 +1,673 @@
+"""Inference benchmark: the view service over NATS against the same Keras model called in-process.
+
+Run as ``python bench/infer.py [--quick]``. It starts a nats-server with JetStream, writes a file
+store the way the train service leaves it (a 10-class dataset's manifest, mean image and a shard;
+a LeNet on 28x28x1 trained for a few steps, saved as ``models/<job>/snapshots/epoch-1.keras``
+with ``info.json``), records the dataset and model jobs in the KV bucket, writes PNG files under
+a data root and starts one ``python -m view_service``. After a warm-up (the first request loads
+the model) it measures, side by side with the model loaded in this process through the service's
+own ``ModelCache`` (so preprocessing is identical):
+
+* single-image latency: sequential ``digits.v1.rpc.infer.classify`` requests against
+  ``LoadedModel.preprocess`` + ``predict`` per image (p50, p99, mean ms; overhead and ratio);
+* concurrent throughput: 16 asyncio requesters against ``predict_on_batch`` in batches of 32;
+* batch throughput: ``digits.v1.rpc.infer.many`` over a folder against an in-process loop
+  over the same files in batches of 64 (read, preprocess, predict, top-k);
+
+and a breakdown of where a single request's time goes (KV lookup, the handler in-process with
+the service's micro-batcher, the same without its delay, the service's own handler histogram).
+Readable lines go to stderr; the last line on stdout is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+from nats.aio.client import Client as NATS
+from PIL import Image
+
+from digits import bus, jobs, subjects
+from digits.config import Settings
+from digits.dataset import Manifest, ShardInfo, ShardWriter, StageInfo, mean_npy_bytes, shard_key
+from digits.download_data.synthetic import label_names, make_images
+from digits.jobs import Job, JobStore
+from digits.natsserver import NatsServer, free_port
+from digits.store import FileStore
+from view_service import classify
+from view_service.models import Batcher, Deps, LoadedModel, ModelCache
+
+REPO = Path(__file__).resolve().parent.parent
+CLASSES = 10
+LABELS = label_names(CLASSES)
+SIDE = 28
+SCALE = 1.0 / 255.0  # train_service.session.SCALE
+DS, MODEL = "20260101-000000-da7a", "20260101-000001-m0de"
+EPOCH = 1.0
+TRAIN_SAMPLES = 320  # ten steps of 32: accuracy does not matter here
+TOP_K = 5
+CLIENTS = 16  # concurrent requesters (the responder answers up to 16 at once)
+DIRECT_BATCH = 32  # as many as the service's Batcher puts in one batch
+MANY_BATCH = 64  # ClassifyMany's default batch_size
+BATCH_MAX, BATCH_DELAY_S = 32, 0.005  # the service's Batcher, as view_service/__main__.py builds it
+REQUEST_TIMEOUT_S = 30.0
+MANY_TIMEOUT_S = 300.0
+READY_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 30.0
+WARMUP = 20
+
+
+def say(text: str) -> None:
+    """Print one human-readable line to stderr."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def ratio(a: float, b: float) -> float:
+    """a / b rounded, NaN when b is zero."""
+    return round(a / b, 3) if b else float("nan")
+
+
+def percentile(values: list[float], pct: int) -> float:
+    """The ``pct``-th percentile of ``values`` (inclusive method)."""
+    return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
+
+
+def summary(ms: list[float]) -> dict[str, float]:
+    """p50, p99 and mean of a list of milliseconds, rounded."""
+    return {
+        "p50": round(percentile(ms, 50), 3),
+        "p99": round(percentile(ms, 99), 3),
+        "mean": round(statistics.fmean(ms), 3),
+    }
+
+
+def show(name: str, s: dict[str, float]) -> str:
+    """One latency summary as text."""
+    return f"{name:24s} p50 {s['p50']:7.3f} ms  p99 {s['p99']:7.3f} ms  mean {s['mean']:7.3f} ms"
+
+
+def png(array: np.ndarray) -> bytes:
+    """A uint8 grey image as PNG bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def top_k(probs: np.ndarray, k: int = TOP_K) -> list[int]:
+    """The ``k`` most likely class indices, as the service orders them."""
+    return np.argsort(-probs, kind="stable")[:k].tolist()
+
+
+# --- the world: store, jobs, images ----------------------------------------------------------
+
+
+@dataclass
+class World:
+    """The temporary tree: the store, the data root with its PNG folder, the service's files."""
+
+    root: Path
+    store: Path = field(init=False)
+    images: Path = field(init=False)
+    files: list[Path] = field(default_factory=list)  # in the service's folder-walk order
+
+    def __post_init__(self) -> None:
+        self.store = self.root / "store"
+        self.images = self.root / "data" / "images"
+
+
+def write_dataset(world: World, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The dataset as ingest leaves it (manifest, mean.npy, a train shard); its images, labels."""
+    folder = world.store / "datasets" / DS
+    labels = rng.permutation(np.arange(TRAIN_SAMPLES) % CLASSES)
+    images = make_images(labels, CLASSES, SIDE, 1, rng)
+    with ShardWriter(folder / shard_key("train_db", 0)) as writer:
+        for image, label in zip(images, labels, strict=True):
+            writer.put(image, int(label))
+    mean = images.astype(np.float64).mean(axis=0)[:, :, None]
+    (folder / "mean.npy").write_bytes(mean_npy_bytes(mean))
+    stage = StageInfo([ShardInfo(shard_key("train_db", 0), len(labels))], len(labels))
+    manifest = Manifest(
+        job_id=DS, labels=LABELS, feature_shape=[SIDE, SIDE, 1], stages={"train_db": stage}
+    )
+    manifest.mean = {"npy": "mean.npy"}
+    (folder / "manifest.json").write_bytes(manifest.to_json())
+    return images, labels
+
+
+def train_model(world: World, images: np.ndarray, labels: np.ndarray) -> None:
+    """A LeNet trained for a few steps, saved as the train service saves a snapshot."""
+    import keras
+
+    from train_service import networks
+
+    keras.utils.set_random_seed(1)
+    model = networks.lenet((SIDE, SIDE, 1), CLASSES)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=keras.optimizers.Adam(0.002), loss=loss)
+    mean = images.astype(np.float32).mean(axis=0)
+    x = ((images.astype(np.float32) - mean) * SCALE)[..., None]
+    model.fit(x, labels, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    folder = world.store / "models" / MODEL
+    (folder / "snapshots").mkdir(parents=True, exist_ok=True)
+    model.save(folder / "snapshots" / f"epoch-{EPOCH:g}.keras")
+    info = {
+        "job_id": MODEL,
+        "name": "lenet",
+        "dataset_id": DS,
+        "network": "lenet",
+        "input_shape": [SIDE, SIDE, 1],
+        "labels": LABELS,
+        "mean": "image",
+        "scale": SCALE,
+        "crop_size": None,
+        "epochs": EPOCH,
+        "snapshots": [EPOCH],
+        "metrics": {},
+    }
+    (folder / "info.json").write_text(json.dumps(info, indent=2))
+    (folder / "labels.txt").write_text("\n".join(LABELS))
+
+
+def write_images(world: World, count: int, rng: np.random.Generator) -> None:
+    """``count`` PNG files in class sub-folders of the data root, in folder-walk order."""
+    truth = np.arange(count) % CLASSES
+    for i, (image, label) in enumerate(
+        zip(make_images(truth, CLASSES, SIDE, 1, rng), truth, strict=True)
+    ):
+        path = world.images / LABELS[label] / f"{i:05d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png(image))
+    world.files = sorted(world.images.rglob("*.png"), key=lambda p: (p.parent.name, p.name))
+
+
+async def record_jobs(store: JobStore) -> None:
+    """The dataset and model job records, as the ingest and train services leave them."""
+    form = {"resize_height": SIDE, "resize_width": SIDE, "resize_channels": 1}
+    form["resize_mode"] = "squash"
+    await store.create(Job(id=DS, type="dataset", name="shapes", form=form, status=jobs.DONE))
+    model = Job(
+        id=MODEL,
+        type="model",
+        name="lenet",
+        depends_on=[DS],
+        form={"use_mean": "image", "network": "lenet"},
+        status=jobs.DONE,
+        extra={"snapshots": [EPOCH]},
+    )
+    await store.create(model)
+
+
+# --- the service -----------------------------------------------------------------------------
+
+
+class Service:
+    """One ``python -m view_service`` child, its log file and its health port."""
+
+    def __init__(self, nats_url: str, world: World) -> None:
+        self.port = free_port()
+        self.log_path = world.root / "view_service.log"
+        env = {
+            **os.environ,
+            "DIGITS_NATS_URL": nats_url,
+            "DIGITS_STORE_URL": world.store.as_uri(),
+            "DIGITS_DATA_ROOTS": str(world.images.parent),
+            "DIGITS_DATA_DIR": str(world.root / "service"),
+            "DIGITS_HEALTH_PORT": str(self.port),
+            "PYTHONUNBUFFERED": "1",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "view_service"],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def get(self, path: str) -> bytes | None:
+        """GET a path of the health server; None when it does not answer 200."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+                return r.read() if r.status == 200 else None
+        except (urllib.error.URLError, OSError):
+            return None
+
+    def healthy(self) -> bool:
+        """Whether /healthz answers ok."""
+        body = self.get("/healthz")
+        return body is not None and json.loads(body).get("status") == "ok"
+
+    def handler_seconds(self, subject: str) -> tuple[float, float]:
+        """The service's own handler-latency histogram for ``subject``: (sum seconds, count)."""
+        text = (self.get("/metrics") or b"").decode()
+        found = {"sum": 0.0, "count": 0.0}
+        for kind in found:
+            pattern = rf'^digits_handler_seconds_{kind}\{{[^}}]*consumer="{re.escape(subject)}"'
+            for line in text.splitlines():
+                if re.match(pattern, line):
+                    found[kind] = float(line.rsplit(None, 1)[1])
+        return found["sum"], found["count"]
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of the child's output."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    async def wait_healthy(self, timeout: float = READY_TIMEOUT_S) -> None:
+        """Wait until /healthz says ok; fail if the process exits first."""
+        deadline = time.monotonic() + timeout
+        while not await asyncio.to_thread(self.healthy):
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"view_service exited {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"view_service not healthy after {timeout}s:\n{self.log_tail()}")
+            await asyncio.sleep(0.1)
+
+    def stop(self) -> int:
+        """SIGTERM and wait (SIGKILL after a while); the exit code."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            code = self.proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            say(f"  view_service pid {self.proc.pid} ignored SIGTERM; killing it")
+            self.proc.kill()
+            code = self.proc.wait(10)
+        if code not in (0, -signal.SIGTERM):
+            say(f"  view_service exited with {code}:\n{self.log_tail()}")
+        return code
+
+
+# --- measurements ----------------------------------------------------------------------------
+
+
+class Bench:
+    """The client connection, the in-process model and the measurements."""
+
+    def __init__(self, nc: NATS, deps: Deps, model: LoadedModel, service: Service) -> None:
+        self.nc, self.deps, self.model, self.service = nc, deps, model, service
+
+    async def request(self, subject: str, payload: dict[str, Any], timeout: float) -> Any:
+        """One request: msgpack in, msgpack out; an error reply raises."""
+        msg = await self.nc.request(subject, msgspec.msgpack.encode(payload), timeout=timeout)
+        reply = msgspec.msgpack.decode(msg.data)
+        if not reply.get("ok"):
+            raise RuntimeError(f"{subject}: {reply.get('error')}")
+        return reply
+
+    async def classify(self, image: bytes) -> list[int]:
+        """Classify one image through the service; its top-k class indices."""
+        req = {"job_id": MODEL, "epoch": EPOCH, "image": image, "top_k": TOP_K}
+        reply = await self.request(subjects.RPC_INFER_CLASSIFY, req, REQUEST_TIMEOUT_S)
+        return [p["index"] for p in reply["predictions"]]
+
+    def direct(self, image: bytes) -> list[int]:
+        """Classify one image in this process: the service's preprocess and predict."""
+        x = self.model.preprocess(image)
+        return top_k(self.model.predict(x[None])[0])
+
+    async def timed(
+        self, images: list[bytes], call: Callable[[bytes], Awaitable[list[int]]]
+    ) -> tuple[list[float], list[list[int]]]:
+        """Sequential calls, one image each: milliseconds and answers."""
+        ms, answers = [], []
+        for image in images:
+            started = time.perf_counter()
+            answers.append(await call(image))
+            ms.append((time.perf_counter() - started) * 1e3)
+        return ms, answers
+
+    async def single(self, images: list[bytes], rounds: int) -> dict[str, Any]:
+        """Sequential single-image latency: service, direct, and the breakdown, interleaved."""
+
+        async def direct(image: bytes) -> list[int]:
+            return self.direct(image)
+
+        async def handler(image: bytes) -> list[int]:
+            req = classify.ClassifyOne(job_id=MODEL, epoch=EPOCH, image=image, top_k=TOP_K)
+            reply = await classify.classify_one(self.deps, req)
+            return [p.index for p in reply.predictions]
+
+        async def resolve(image: bytes) -> list[int]:
+            await self.deps.cache.resolve(MODEL, EPOCH)
+            return []
+
+        delayed = Batcher(max_batch=BATCH_MAX, max_delay=BATCH_DELAY_S)
+        eager = Batcher(max_batch=BATCH_MAX, max_delay=0.0)
+
+        async def handler_eager(image: bytes) -> list[int]:
+            self.deps.batcher = eager
+            try:
+                return await handler(image)
+            finally:
+                self.deps.batcher = delayed
+
+        self.deps.batcher = delayed
+        sides: dict[str, Callable[[bytes], Awaitable[list[int]]]] = {
+            "service": self.classify,
+            "direct": direct,
+            "handler": handler,
+            "handler_no_delay": handler_eager,
+            "kv_resolve": resolve,
+        }
+        ms: dict[str, list[float]] = {name: [] for name in sides}
+        answers: dict[str, list[list[int]]] = {"service": [], "direct": []}
+        for call in sides.values():  # warm every path
+            await self.timed(images[:WARMUP], call)
+        metric_before = self.service.handler_seconds(subjects.RPC_INFER_CLASSIFY)
+        per = -(-len(images) // rounds)
+        for lo in range(0, len(images), per):  # take turns, so drift hits every side alike
+            chunk = images[lo : lo + per]
+            for name, call in sides.items():
+                got_ms, got = await self.timed(chunk, call)
+                ms[name] += got_ms
+                if name in answers:
+                    answers[name] += got
+        metric_after = self.service.handler_seconds(subjects.RPC_INFER_CLASSIFY)
+        agree = sum(
+            a[0] == b[0] for a, b in zip(answers["service"], answers["direct"], strict=True)
+        )
+        if agree != len(images):
+            say(f"  warning: service and direct top-1 differ on {len(images) - agree} images")
+        service, direct_s = summary(ms["service"]), summary(ms["direct"])
+        count = metric_after[1] - metric_before[1]
+        server_ms = (metric_after[0] - metric_before[0]) / count * 1e3 if count else float("nan")
+        breakdown = {
+            "kv_resolve_ms": summary(ms["kv_resolve"]),
+            "handler_in_process_ms": summary(ms["handler"]),
+            "handler_in_process_no_batch_delay_ms": summary(ms["handler_no_delay"]),
+            "service_handler_mean_ms": round(server_ms, 3),
+            "transport_mean_ms": round(service["mean"] - server_ms, 3),
+        }
+        for name, s in (
+            ("service (NATS)", service),
+            ("direct (in-process)", direct_s),
+            ("handler in-process", breakdown["handler_in_process_ms"]),
+            ("handler, batcher delay 0", breakdown["handler_in_process_no_batch_delay_ms"]),
+            ("KV resolve alone", breakdown["kv_resolve_ms"]),
+        ):
+            say(show(name, s))
+        say(
+            f"{'service handler (own)':24s} mean {server_ms:7.3f} ms over {count:.0f} requests; "
+            f"transport + client mean {breakdown['transport_mean_ms']:.3f} ms"
+        )
+        return {
+            "requests": len(images),
+            "service_ms": service,
+            "direct_ms": direct_s,
+            "overhead_ms_p50": round(service["p50"] - direct_s["p50"], 3),
+            "overhead_ms_p99": round(service["p99"] - direct_s["p99"], 3),
+            "ratio_p50": ratio(service["p50"], direct_s["p50"]),
+            "ratio_p99": ratio(service["p99"], direct_s["p99"]),
+            "top1_agree": agree,
+            "breakdown": breakdown,
+        }
+
+    async def concurrent_service(
+        self, images: list[bytes], count: int
+    ) -> tuple[float, list[float]]:
+        """``count`` requests from CLIENTS requesters at once: images/s and each latency (ms)."""
+        served = 0
+        ms: list[float] = []
+
+        async def client() -> None:
+            nonlocal served
+            while served < count:
+                image = images[served % len(images)]
+                served += 1
+                started = time.perf_counter()
+                await self.classify(image)
+                ms.append((time.perf_counter() - started) * 1e3)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(CLIENTS)))
+        return count / (time.perf_counter() - started), ms
+
+    def concurrent_direct(self, images: list[bytes], count: int) -> tuple[float, float]:
+        """In-process batches of DIRECT_BATCH: images/s with preprocessing, and predict alone."""
+        done, predict_s = 0, 0.0
+        started = time.perf_counter()
+        while done < count:
+            n = min(DIRECT_BATCH, count - done)
+            chunk = [images[(done + i) % len(images)] for i in range(n)]
+            x = np.stack([self.model.preprocess(image) for image in chunk])
+            t = time.perf_counter()
+            probs = self.model.predict(x)
+            predict_s += time.perf_counter() - t
+            [top_k(p) for p in probs]
+            done += n
+        return count / (time.perf_counter() - started), count / predict_s
+
+    async def concurrent(self, images: list[bytes], count: int, rounds: int) -> dict[str, Any]:
+        """Concurrent single-image requests against in-process batches of 32."""
+        await self.concurrent_service(images, min(count, 4 * CLIENTS))  # warm
+        rates: dict[str, list[float]] = {"service": [], "direct": [], "predict": []}
+        lat: list[float] = []
+        for _ in range(rounds):
+            rate, ms = await self.concurrent_service(images, count)
+            rates["service"].append(rate)
+            lat += ms
+            direct_rate, predict_rate = self.concurrent_direct(images, count)
+            rates["direct"].append(direct_rate)
+            rates["predict"].append(predict_rate)
+            say(
+                f"concurrent {CLIENTS} clients: service {rate:8.1f} img/s  |  direct batch "
+                f"{DIRECT_BATCH} {direct_rate:8.1f} img/s (predict alone {predict_rate:8.1f})"
+            )
+        service, direct = statistics.median(rates["service"]), statistics.median(rates["direct"])
+        return {
+            "clients": CLIENTS,
+            "requests": count,
+            "service_img_s": round(service, 1),
+            "direct_batch32_img_s": round(direct, 1),
+            "direct_batch32_predict_only_img_s": round(statistics.median(rates["predict"]), 1),
+            "ratio": ratio(service, direct),
+            "service_ms": summary(lat),
+        }
+
+    async def many_service(self, world: World) -> tuple[float, dict[str, Any]]:
+        """One ClassifyMany over the folder: images/s and the reply."""
+        req = {
+            "job_id": MODEL,
+            "epoch": EPOCH,
+            "folder": str(world.images),
+            "batch_size": MANY_BATCH,
+            "top_k": TOP_K,
+            "max_results": 0,
+        }
+        started = time.perf_counter()
+        reply = await self.request(subjects.RPC_INFER_MANY, req, MANY_TIMEOUT_S)
+        return reply["count"] / (time.perf_counter() - started), reply
+
+    def many_direct(self, files: list[Path]) -> float:
+        """The files in this process, MANY_BATCH at a time: read, preprocess, predict, top-k."""
+        started = time.perf_counter()
+        for lo in range(0, len(files), MANY_BATCH):
+            x = np.stack(
+                [self.model.preprocess(f.read_bytes()) for f in files[lo : lo + MANY_BATCH]]
+            )
+            [top_k(p) for p in self.model.predict(x)]
+        return len(files) / (time.perf_counter() - started)
+
+    async def many(self, world: World, rounds: int) -> dict[str, Any]:
+        """ClassifyMany over a folder against the in-process loop, taking turns."""
+        service_rates, direct_rates = [], []
+        reply: dict[str, Any] = {}
+        for _ in range(rounds):
+            rate, reply = await self.many_service(world)
+            service_rates.append(rate)
+            direct_rates.append(self.many_direct(world.files))
+            say(
+                f"many {len(world.files)} images: service {rate:8.1f} img/s  |  "
+                f"direct batch {MANY_BATCH} {direct_rates[-1]:8.1f} img/s"
+            )
+        if reply.get("count") != len(world.files) or reply.get("skipped"):
+            say(
+                f"  warning: the service classified {reply.get('count')}, skipped "
+                f"{reply.get('skipped')}: {reply.get('skip_reasons')}"
+            )
+        service, direct = statistics.median(service_rates), statistics.median(direct_rates)
+        return {
+            "images": len(world.files),
+            "batch_size": MANY_BATCH,
+            "service_img_s": round(service, 1),
+            "direct_img_s": round(direct, 1),
+            "ratio": ratio(service, direct),
+            "service_top1_accuracy": reply.get("top1_accuracy"),
+        }
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def machine(server_version: str) -> dict[str, Any]:
+    """The machine and library versions."""
+    from importlib.metadata import version
+
+    def ver(name: str) -> str:
+        try:
+            return version(name)
+        except Exception:  # noqa: BLE001 - informative only
+            return "unknown"
+
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "tensorflow": ver("tensorflow"),
+        "keras": ver("keras"),
+        "numpy": ver("numpy"),
+        "pillow": ver("pillow"),
+        "nats_py": ver("nats-py"),
+        "nats_server": server_version,
+    }
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each measurement does."""
+
+    single: int  # sequential requests per side
+    concurrent: int  # requests per concurrent round
+    many: int  # PNG files in the folder
+    rounds: int  # turns each side takes
+
+
+async def run(sizes: Sizes) -> dict[str, Any]:
+    """Start everything, measure, stop everything, return the figures."""
+    with tempfile.TemporaryDirectory(prefix="digits-bench-infer-") as tmp:
+        world = World(Path(tmp))
+        server = NatsServer(world.root / "nats").start()
+        service: Service | None = None
+        nc: NATS | None = None
+        try:
+            settings = Settings(nats_urls=(server.url,))
+            nc = await bus.connect(settings, "bench-infer")
+            version = nc.connected_server_version
+            server_version = f"{version.major}.{version.minor}.{version.patch}"
+            js = nc.jetstream()
+            await bus.ensure_streams(js)
+            kv = await bus.ensure_kv(js)
+            job_store = JobStore(js, kv[subjects.KV_JOBS])
+            await record_jobs(job_store)
+            world.store.mkdir(parents=True)
+            world.images.mkdir(parents=True)
+            service = Service(server.url, world)  # it boots while the model trains
+            started = time.perf_counter()
+            rng = np.random.default_rng(7)
+            images, labels = write_dataset(world, rng)
+            await asyncio.to_thread(train_model, world, images, labels)
+            write_images(world, sizes.many, rng)
+            took = time.perf_counter() - started
+            say(f"store, model and {sizes.many} PNGs written in {took:.1f} s")
+            await service.wait_healthy()
+            files = FileStore(world.store)
+            deps = Deps(
+                cache=ModelCache(files, job_store, world.root / "cache"),
+                batcher=Batcher(max_batch=BATCH_MAX, max_delay=BATCH_DELAY_S),
+                store=files,
+                data_roots=(str(world.images.parent),),
+                work_dir=world.root / "work",
+            )
+            model = await deps.cache.get(MODEL, EPOCH)
+            bench = Bench(nc, deps, model, service)
+            pngs = [f.read_bytes() for f in world.files]
+            started = time.perf_counter()
+            await bench.classify(pngs[0])  # the service loads the model
+            say(f"service ready; first request (model load) {time.perf_counter() - started:.1f} s")
+            singles = [pngs[i % len(pngs)] for i in range(sizes.single)]
+            single = await bench.single(singles, sizes.rounds)
+            concurrent = await bench.concurrent(pngs, sizes.concurrent, sizes.rounds)
+            many = await bench.many(world, sizes.rounds)
+        finally:
+            try:
+                if nc is not None:
+                    await nc.close()
+            finally:
+                try:
+                    if service is not None:
+                        service.stop()
+                finally:
+                    server.stop()
+    return {
+        "bench": "infer",
+        "single": single,
+        "concurrent": concurrent,
+        "many": many,
+        "service_batcher": {"max_batch": BATCH_MAX, "max_delay_s": BATCH_DELAY_S},
+        "sizes": {"single": sizes.single, "concurrent": sizes.concurrent, "rounds": sizes.rounds},
+        "machine": machine(server_version),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the benchmark, print the JSON line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests, under a minute")
+    args = parser.parse_args(argv)
+    if args.quick:
+        sizes = Sizes(single=200, concurrent=512, many=500, rounds=2)
+    else:
+        sizes = Sizes(single=600, concurrent=2048, many=2000, rounds=3)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    started = time.perf_counter()
+    result = asyncio.run(run(sizes))
+    result["elapsed_s"] = round(time.perf_counter() - started, 1)
+    say(f"done in {result['elapsed_s']} s")
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
