@@ -80,6 +80,9 @@ def up(args: argparse.Namespace) -> int:
             supervisor.add(name, python_module(module), child_env(extra), logs / f"{name}.log")
         print(f"DIGITS is up: http://{args.host}:{args.port}/", flush=True)
         print(f"  NATS {server.url}, data in {data_dir}, logs in {logs}", flush=True)
+        if not env.get("DIGITS_ADMIN_PASSWORD"):
+            where = data_dir / "admin-password.txt"
+            print(f"  user admin: the first start writes its password to {where}", flush=True)
         if args.demo:
             job_id = asyncio.run(_demo(settings, data_dir))
             print(f"  demo dataset: job {job_id} (http://{args.host}:{args.port}/)", flush=True)

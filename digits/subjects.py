@@ -48,6 +48,7 @@ ADVISORY_MAX_DELIVERIES = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>"
 KV_JOBS = "digits-jobs"
 KV_SECRETS = "digits-secrets"
 KV_IDEM = "digits-idem"
+KV_USERS = "digits-users"
 
 # Durable consumers.
 CONSUMER_JOB_COMMANDS = "job-commands"
@@ -144,4 +145,5 @@ KV_BUCKETS: dict[str, dict] = {
     KV_JOBS: {"history": 5, "description": "job records"},
     KV_SECRETS: {"history": 1, "description": "encrypted credentials"},
     KV_IDEM: {"history": 1, "ttl": 7 * DAY, "description": "idempotency claims"},
+    KV_USERS: {"history": 1, "description": "gateway users and API token hashes"},
 }

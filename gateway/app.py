@@ -2,29 +2,72 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
+from flask_wtf.csrf import CSRFProtect
 
 from digits.config import Settings
-from gateway import health
+from gateway import api, classify, health, webhook
+from gateway.accounts import Accounts, LoginLimiter
 from gateway.busclient import BusClient
+
+csrf = CSRFProtect()
+
+
+def _secret_key(settings: Settings) -> bytes:
+    """Derived from DIGITS_SECRET_KEY (stable across restarts), else random for this process."""
+    if settings.secret_key:
+        return hmac.new(
+            settings.secret_key.encode(), b"digits-gateway-flask", hashlib.sha256
+        ).digest()
+    return secrets.token_bytes(32)
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the gateway app; ``test_config`` overrides (SETTINGS, BUS, ...) for tests."""
     app = Flask(__name__)
-    app.config.from_mapping(SETTINGS=None, BUS=None, START_BUS=True)
+    app.config.from_mapping(
+        SETTINGS=None,
+        BUS=None,
+        START_BUS=True,
+        SECRET_KEY=None,
+        ADMIN_PASSWORD=os.environ.get("DIGITS_ADMIN_PASSWORD") or None,
+        S3_WEBHOOK_TOKEN=os.environ.get("DIGITS_S3_WEBHOOK_TOKEN") or None,
+        LOGIN_LIMIT=5,
+        LOGIN_WINDOW_S=60.0,
+    )
     if test_config:
         app.config.from_mapping(test_config)
     settings = app.config["SETTINGS"] or Settings.from_env()
     app.config["SETTINGS"] = settings
+    if not app.config["SECRET_KEY"]:
+        app.config["SECRET_KEY"] = _secret_key(settings)
     bus_client = app.config["BUS"]
     if bus_client is None and app.config["START_BUS"]:
         bus_client = BusClient(settings).start()
     app.extensions["digits_bus"] = bus_client
+    app.extensions["digits_login_limiter"] = LoginLimiter(
+        app.config["LOGIN_LIMIT"], app.config["LOGIN_WINDOW_S"]
+    )
+    if bus_client is not None:
+        accounts = Accounts.open(bus_client)
+        accounts.ensure_admin(settings.data_dir, app.config["ADMIN_PASSWORD"])
+        app.extensions["digits_accounts"] = accounts
+    csrf.init_app(app)
+    # The JSON API and the webhook authenticate every request (Basic/Bearer), not by cookie.
+    csrf.exempt(api.bp)
+    csrf.exempt(classify.bp)
+    csrf.exempt(webhook.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(classify.bp)
+    app.register_blueprint(webhook.bp)
     return app
 
 

@@ -159,3 +159,5 @@ class BusClient:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
+            if not self._thread.is_alive() and not self.loop.is_closed():
+                self.loop.close()
