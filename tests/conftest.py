@@ -37,6 +37,32 @@ def unique() -> str:
     return uuid.uuid4().hex[:8]
 
 
+@pytest.fixture
+def stack(nats_server, tmp_path):
+    """Start real services by module name, sharing one store; all stop (exit 0) at the end."""
+    from digits.secrets import SecretBox
+    from tests.services import ServiceProc
+
+    started: list[ServiceProc] = []
+    env = {
+        "DIGITS_DATA_ROOTS": str(tmp_path),
+        "DIGITS_STORE_URL": (tmp_path / "store").as_uri(),
+        "DIGITS_SECRET_KEY": SecretBox.generate_key(),
+        "DIGITS_INGEST_PROCS": "1",
+        "DIGITS_ACK_WAIT_S": "6",
+    }
+
+    def start(module: str, wait: bool = True) -> ServiceProc:
+        proc = ServiceProc(module, nats_server.url, tmp_path, **env)
+        started.append(proc)
+        return proc.wait_healthy(60) if wait else proc
+
+    yield start
+    for proc in started:
+        if proc.proc.poll() is None:
+            assert proc.stop(60) == 0, proc.log()
+
+
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
     """A real S3 endpoint over HTTP (moto's server) on a free port; its URL."""

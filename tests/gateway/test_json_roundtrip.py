@@ -8,40 +8,14 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
 
 from digits.download_data import synthetic
-from digits.secrets import SecretBox
 from tests.gateway.conftest import ADMIN
-from tests.services import ServiceProc
 from tests.waiting import wait_for_sync
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def stack(nats_server, tmp_path) -> Iterator[Callable[[str], ServiceProc]]:
-    """Start services by module name with one shared store; all stop (exit 0) at the end."""
-    started: list[ServiceProc] = []
-    env = {
-        "DIGITS_DATA_ROOTS": str(tmp_path),
-        "DIGITS_STORE_URL": (tmp_path / "store").as_uri(),
-        "DIGITS_SECRET_KEY": SecretBox.generate_key(),
-        "DIGITS_INGEST_PROCS": "1",
-        "DIGITS_ACK_WAIT_S": "6",
-    }
-
-    def start(module: str) -> ServiceProc:
-        proc = ServiceProc(module, nats_server.url, tmp_path, **env)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.proc.poll() is None:
-            assert proc.stop(60) == 0, proc.log()
 
 
 def finished(client, path: str, timeout: float) -> dict:
@@ -58,7 +32,7 @@ def finished(client, path: str, timeout: float) -> dict:
 
 def test_a_digits_style_script_does_the_round_trip(client, stack, tmp_path):
     started = time.monotonic()
-    services = [stack(m) for m in ("ingest_service", "train_service", "view_service")]
+    services = [stack(m, wait=False) for m in ("ingest_service", "train_service", "view_service")]
     synthetic.generate(tmp_path / "synthetic", classes=10, per_class=100, size=28, seed=1)
     for service in services:
         service.wait_healthy(60)

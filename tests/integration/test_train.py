@@ -13,36 +13,11 @@ import pytest
 
 from digits import events, jobs, subjects
 from digits.download_data import synthetic
-from digits.secrets import SecretBox
 from tests.integration.test_ingest import create_dataset, finished_job
 from tests.integration.test_jobs import job_store
-from tests.services import ServiceProc
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(600)
-
-
-@pytest.fixture
-def stack(nats_server, tmp_path):
-    """Start services by module name with one shared store; all stop (exit 0) at the end."""
-    started: list[ServiceProc] = []
-    env = {
-        "DIGITS_DATA_ROOTS": str(tmp_path),
-        "DIGITS_STORE_URL": (tmp_path / "store").as_uri(),
-        "DIGITS_SECRET_KEY": SecretBox.generate_key(),
-        "DIGITS_INGEST_PROCS": "1",
-        "DIGITS_ACK_WAIT_S": "6",
-    }
-
-    def start(module: str) -> ServiceProc:
-        proc = ServiceProc(module, nats_server.url, tmp_path, **env)
-        started.append(proc)
-        return proc.wait_healthy(60)
-
-    yield start
-    for proc in started:
-        if proc.proc.poll() is None:
-            assert proc.stop(60) == 0, proc.log()
 
 
 @pytest.fixture
