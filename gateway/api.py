@@ -22,6 +22,7 @@ from digits.jobs import (
     JobStore,
     new_job_id,
 )
+from digits.secrets import SECRET_FIELDS, SecretBox, SecretStore, seal_form
 from gateway.accounts import AccountError
 from gateway.auth import accounts_of, current_user, login_required
 from gateway.busclient import BusClient
@@ -48,6 +49,24 @@ def _publish(event: events.Event) -> None:
     bus_client = _bus()
     assert bus_client.nc is not None
     bus_client.call(bus.publish_event(bus_client.nc.jetstream(), event), timeout=15)
+
+
+def _sealed(form: dict[str, Any]) -> dict[str, Any]:
+    """The form with its credentials moved into the secret store: commands carry a reference."""
+    if not any(form.get(k) for k in SECRET_FIELDS):
+        return form
+    key = current_app.config["SETTINGS"].secret_key
+    if not key:
+        message = "the gateway has no DIGITS_SECRET_KEY, so credentials cannot be stored"
+        raise FormErrors({k: [message] for k in SECRET_FIELDS if form.get(k)})
+    bus_client = _bus()
+    assert bus_client.nc is not None
+
+    async def seal() -> dict[str, Any]:
+        kv = await bus_client.nc.jetstream().key_value(subjects.KV_SECRETS)
+        return await seal_form(SecretStore(kv, SecretBox(key)), form)
+
+    return bus_client.call(seal(), timeout=15)
 
 
 class _Pending:
@@ -204,7 +223,8 @@ def create_dataset() -> ResponseReturnValue:
     name, group, checked = dataset_form(form)
     job_id = new_job_id()
     owner = current_user().username
-    _publish(events.DatasetCreate(name=name, form=checked, group=group, owner=owner, job_id=job_id))
+    sealed = _sealed(checked)  # S3 keys never travel in a command
+    _publish(events.DatasetCreate(name=name, form=sealed, group=group, owner=owner, job_id=job_id))
     summary = {"id": job_id, "name": name, "status": STATUS_NAMES[INITIALIZED]}
     _pending().add(job_id, summary | {"type": "dataset", "owner": owner, "group": group})
     return jsonify(summary)  # 200, as DIGITS answered

@@ -12,12 +12,14 @@ from flask.testing import FlaskClient
 
 from digits import events, jobs
 from digits.config import Settings
+from digits.secrets import SecretBox
 from gateway.accounts import Accounts
 from gateway.app import bus_of, create_app
 from gateway.auth import accounts_of
 from gateway.busclient import BusClient
 
 ADMIN_PASSWORD = "admin-secret-1"
+SECRET_KEY = SecretBox.generate_key()
 WEBHOOK_TOKEN = "hook-token-123"
 
 
@@ -38,7 +40,11 @@ ADMIN = basic("admin", ADMIN_PASSWORD)
 def make_app(nats_server: Any, data_dir: Any, **config: Any) -> Flask:
     """A gateway app on the test's nats-server."""
     settings = Settings.from_env(
-        {"DIGITS_NATS_URL": nats_server.url, "DIGITS_DATA_DIR": str(data_dir)}
+        {
+            "DIGITS_NATS_URL": nats_server.url,
+            "DIGITS_DATA_DIR": str(data_dir),
+            "DIGITS_SECRET_KEY": SECRET_KEY,
+        }
     )
     return create_app({"SETTINGS": settings, "TESTING": True, **config})
 

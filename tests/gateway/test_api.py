@@ -85,6 +85,10 @@ def test_s3_credentials_are_never_echoed(client, bus_client):
     response = client.post("/datasets/images/classification.json", data=form, headers=ADMIN)
     assert response.status_code == 200
     assert b"very-secret" not in response.data and b"AKIAEXAMPLE" not in response.data
+    # The command carries a reference to the secret store, not the keys.
+    [command] = stored_events(bus_client, subjects.CMD_DATASET_CREATE)
+    assert "s3_secretkey" not in command.form and command.form["secret_ref"].startswith("secret:")
+    assert b"very-secret" not in events.encode(command)
     job = add_job(
         bus_client,
         type="dataset",
@@ -224,3 +228,24 @@ def test_a_json_body_works_like_the_form(client, bus_client):
     assert command.form["resize_width"] == 32
     wrong = client.post("/datasets/images/classification.json", json=[1], headers=ADMIN)
     assert wrong.status_code == 400 and "object" in wrong.get_json()["error"]
+
+
+def test_credentials_without_a_secret_key_are_refused(nats_server, tmp_path, monkeypatch):
+    from digits.config import Settings
+    from gateway.app import create_app
+    from tests.gateway.conftest import ADMIN_PASSWORD
+
+    settings = Settings.from_env(
+        {"DIGITS_NATS_URL": nats_server.url, "DIGITS_DATA_DIR": str(tmp_path)}
+    )
+    monkeypatch.setenv("DIGITS_ADMIN_PASSWORD", ADMIN_PASSWORD)
+    app = create_app({"SETTINGS": settings, "TESTING": True})
+    try:
+        form = {"dataset_name": "b", "method": "s3", "s3_bucket": "x", "s3_secretkey": "k"}
+        response = app.test_client().post(
+            "/datasets/images/classification.json", data=form, headers=ADMIN
+        )
+        assert response.status_code == 400
+        assert "DIGITS_SECRET_KEY" in response.get_json()["errors"]["s3_secretkey"][0]
+    finally:
+        app.extensions["digits_bus"].close()
