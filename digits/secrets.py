@@ -110,21 +110,28 @@ class SecretStore:
         await self.kv.purge(_kv_key(ref))
 
 
-async def seal_form(store: SecretStore, form: Mapping[str, Any]) -> dict[str, Any]:
+OWNER = "__owner__"  # who sealed a record: only that owner's jobs may open it
+
+
+async def seal_form(store: SecretStore, form: Mapping[str, Any], owner: str = "") -> dict[str, Any]:
     """A copy of ``form`` whose secret fields are moved into one record named by ``secret_ref``."""
     out = {k: v for k, v in form.items() if k not in SECRET_FIELDS}
     secrets = {k: v for k, v in form.items() if k in SECRET_FIELDS and v not in (None, "")}
     if secrets:
-        out["secret_ref"] = await store.put(secrets)
+        out["secret_ref"] = await store.put({**secrets, OWNER: owner})
     return out
 
 
-async def open_form(store: SecretStore, form: Mapping[str, Any]) -> dict[str, Any]:
-    """The reverse of seal_form: ``secret_ref`` replaced by the secret fields it names."""
+async def open_form(store: SecretStore, form: Mapping[str, Any], owner: str = "") -> dict[str, Any]:
+    """The reverse of seal_form; a record sealed for another owner is refused."""
     out = dict(form)
     ref = out.pop("secret_ref", None)
     if ref:
-        out.update(await store.get(ref))
+        record = await store.get(ref)
+        sealed_for = record.pop(OWNER, "")
+        if sealed_for != owner:
+            raise SecretError(f"secret reference {ref!r} belongs to another owner")
+        out.update(record)
     return out
 
 

@@ -51,7 +51,7 @@ def _publish(event: events.Event) -> None:
     bus_client.call(bus.publish_event(bus_client.nc.jetstream(), event), timeout=15)
 
 
-def _sealed(form: dict[str, Any]) -> dict[str, Any]:
+def _sealed(form: dict[str, Any], owner: str) -> dict[str, Any]:
     """The form with its credentials moved into the secret store: commands carry a reference."""
     if not any(form.get(k) for k in SECRET_FIELDS):
         return form
@@ -64,7 +64,7 @@ def _sealed(form: dict[str, Any]) -> dict[str, Any]:
 
     async def seal() -> dict[str, Any]:
         kv = await bus_client.nc.jetstream().key_value(subjects.KV_SECRETS)
-        return await seal_form(SecretStore(kv, SecretBox(key)), form)
+        return await seal_form(SecretStore(kv, SecretBox(key)), form, owner=owner)
 
     return bus_client.call(seal(), timeout=15)
 
@@ -223,7 +223,7 @@ def create_dataset() -> ResponseReturnValue:
     name, group, checked = dataset_form(form)
     job_id = new_job_id()
     owner = current_user().username
-    sealed = _sealed(checked)  # S3 keys never travel in a command
+    sealed = _sealed(checked, owner)  # S3 keys never travel in a command
     _publish(events.DatasetCreate(name=name, form=sealed, group=group, owner=owner, job_id=job_id))
     summary = {"id": job_id, "name": name, "status": STATUS_NAMES[INITIALIZED]}
     _pending().add(job_id, summary | {"type": "dataset", "owner": owner, "group": group})

@@ -202,7 +202,7 @@ class Pipeline:
         form = dict(cmd.form)
         extra: dict[str, Any] = {"watch": watch} if (watch := watch_config(cmd.form)) else {}
         if self.secrets is not None:
-            form = await seal_form(self.secrets, form)
+            form = await seal_form(self.secrets, form, owner=cmd.owner)
         elif any(form.get(k) for k in _secret_fields()):
             # Never store credentials in the clear: drop them, and fail the job with the reason.
             form = {k: v for k, v in form.items() if k not in _secret_fields()}
@@ -245,7 +245,7 @@ class Pipeline:
         if "secret_ref" in form:
             if self.secrets is None:
                 raise SecretError("this dataset has credentials but DIGITS_SECRET_KEY is not set")
-            form = await open_form(self.secrets, form)
+            form = await open_form(self.secrets, form, owner=job.owner)
         form["data_roots"] = list(self.settings.data_roots)
         return form
 

@@ -81,6 +81,14 @@ async def test_seal_and_open_form(kv, box: SecretBox) -> None:  # noqa: ANN001
     assert len(await kv.keys()) == 1
 
 
+async def test_a_record_opens_only_for_the_owner_it_was_sealed_for(kv, box: SecretBox) -> None:  # noqa: ANN001
+    store = SecretStore(kv, box)
+    sealed = await seal_form(store, {"s3_secretkey": "shh"}, owner="alice")
+    assert (await open_form(store, sealed, owner="alice"))["s3_secretkey"] == "shh"
+    with pytest.raises(SecretError, match="belongs to another owner"):
+        await open_form(store, sealed, owner="bob")
+
+
 def test_redact() -> None:
     data = {
         "name": "n",
