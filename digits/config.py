@@ -42,6 +42,7 @@ class Settings:
     shard_size: int = 1000
     watch_batch: int = 100
     model_cache_mb: int = 2048
+    hardware_s: float = 5.0
     watch_interval_s: float = 5.0
     log_level: str = "INFO"
     allow_python_networks: bool = False
@@ -88,7 +89,7 @@ class Settings:
             var = f"DIGITS_{name.upper()}"
             if get(var):
                 kw[name] = _int(var, get(var, ""), lo, hi)
-        for name in ("heartbeat_s", "ack_wait_s", "watch_interval_s"):
+        for name in ("heartbeat_s", "ack_wait_s", "watch_interval_s", "hardware_s"):
             var = f"DIGITS_{name.upper()}"
             if get(var):
                 kw[name] = _float(var, get(var, ""), 0.05, 86400.0)
@@ -133,6 +134,7 @@ class Settings:
             "DIGITS_SHARD_SIZE": str(self.shard_size),
             "DIGITS_WATCH_BATCH": str(self.watch_batch),
             "DIGITS_MODEL_CACHE_MB": str(self.model_cache_mb),
+            "DIGITS_HARDWARE_S": str(self.hardware_s),
             "DIGITS_WATCH_INTERVAL_S": str(self.watch_interval_s),
             "DIGITS_LOG_LEVEL": self.log_level,
             "DIGITS_HEALTH_HOST": self.health_host,

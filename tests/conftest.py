@@ -50,6 +50,7 @@ def stack(nats_server, tmp_path):
         "DIGITS_SECRET_KEY": SecretBox.generate_key(),
         "DIGITS_INGEST_PROCS": "1",
         "DIGITS_ACK_WAIT_S": "6",
+        "DIGITS_HARDWARE_S": "1",
     }
 
     def start(module: str, wait: bool = True) -> ServiceProc:

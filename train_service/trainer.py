@@ -59,7 +59,7 @@ class Trainer:
         loop = asyncio.get_running_loop()
         stop = threading.Event()
         watch = asyncio.ensure_future(self._watch_abort(job.id, stop))
-        hardware = asyncio.ensure_future(self._hardware(job.id))
+        hardware = asyncio.ensure_future(self._hardware(job.id, self.settings.hardware_s))
         from train_service.session import TrainSession  # Keras loads with the first job
 
         session = TrainSession(

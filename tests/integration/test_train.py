@@ -124,6 +124,9 @@ async def test_lenet_learns_the_synthetic_set_and_reports_in_order(
     assert val[-1].metrics["val_accuracy"] >= 0.95
     snapshots = [e.epoch for e in found if isinstance(e, events.SnapshotSaved)]
     assert snapshots == [2, 4]
+    hardware = [e for e in found if isinstance(e, events.HardwareUsage)]
+    assert hardware, "hardware use every DIGITS_HARDWARE_S (1 s here) while training"
+    assert all(e.memory_bytes > 100 << 20 and e.cpu_pct >= 0 for e in hardware)
     ready = [e for e in found if isinstance(e, events.ModelReady)]
     assert len(ready) == 1 and ready[0].snapshots == [2, 4]
     assert ready[0].metrics["val_accuracy"] >= 0.95
