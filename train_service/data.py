@@ -74,6 +74,9 @@ def _release(held: set[str]) -> None:
         held.clear()
 
 
+SMALL_SAMPLE = 32 * 1024  # values per sample below which decoding stays on one thread
+
+
 def value_range(dtype: str) -> float:
     """The full-scale pixel value of a feature dtype: 255 for uint8, 1.0 for floats."""
     dt = np.dtype(dtype)
@@ -251,6 +254,10 @@ class ShardedDataset(keras.utils.PyDataset):
 
     def load(self, index: int) -> tuple[np.ndarray, Label]:
         """Sample ``index`` of the stage (counted across shards), decoded, as float32 HWC."""
+        feature, label = self._decoded(index)
+        return feature.astype(np.float32), label
+
+    def _decoded(self, index: int) -> tuple[np.ndarray, Label]:
         shard = int(np.searchsorted(self._offsets, index, side="right")) - 1
         feature, label = self._reader(shard).get(index - int(self._offsets[shard]))
         feature = feature[:, :, None] if feature.ndim == 2 else feature
@@ -258,10 +265,11 @@ class ShardedDataset(keras.utils.PyDataset):
             raise ValueError(
                 f"{self.stage} sample {index} has shape {feature.shape}, not {self.feature_shape}"
             )
-        return feature.astype(np.float32), label
+        return feature, label
 
     def _map(self, fn: Callable[[tuple[int, int, int]], Any], jobs: list[Any]) -> list[Any]:
-        if self.decode_threads <= 1 or len(jobs) <= 1:
+        small = math.prod(self.feature_shape) < SMALL_SAMPLE  # threads cost more than they save
+        if self.decode_threads <= 1 or len(jobs) <= 1 or small:
             return [fn(job) for job in jobs]
         if self._pid != os.getpid():  # forked: the parent's threads and lock stayed behind
             self._pid, self._pool, self._pool_lock = os.getpid(), None, threading.Lock()
@@ -281,9 +289,27 @@ class ShardedDataset(keras.utils.PyDataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         idx = [int(i) for i in self.indices(index)]
+        if self._per_batch():
+            # Nothing random per sample: decode, then mean, crop and scale once for the batch.
+            decoded = self._map(self._decoded, idx)
+            if all(self._mask(label) is None for _, label in decoded):
+                x = np.stack([f for f, _ in decoded]).astype(np.float32)
+                if self._mean is not None:
+                    x -= self._mean
+                if self.crop_size:
+                    x, _ = self._crop(x, None, None)
+                if self.scale != 1.0:
+                    x *= np.float32(self.scale)
+                return x, self._labels([label for _, label in decoded], idx)
         samples = self._map(self.sample, [(i, index, k) for k, i in enumerate(idx)])
         x = np.stack([f for f, _ in samples])
         return x, self._labels([label for _, label in samples], idx)
+
+    def _per_batch(self) -> bool:
+        """Whether batches can be processed whole: no augmentation, no random crop."""
+        if not self.training:
+            return True
+        return (self.augment is None or not self.augment.active) and not self.crop_size
 
     def sample(self, job: tuple[int, int, int]) -> tuple[np.ndarray, Label]:
         """Sample ``job[0]`` processed as item ``job[2]`` of batch ``job[1]``: ``(x HWC, y)``."""
