@@ -14,6 +14,7 @@ from digits.commands import handle_job_command
 from digits.secrets import SecretBox, SecretStore
 from digits.service import ServiceRuntime, main
 from digits.store import store_from_settings
+from ingest_service.encode import watch_parent
 from ingest_service.pipeline import Pipeline
 from ingest_service.watch import Watcher
 
@@ -33,7 +34,12 @@ async def setup(rt: ServiceRuntime) -> None:
 
     def new_pool() -> ProcessPoolExecutor:
         # spawn: the encoding processes must not inherit the event loop or the NATS sockets.
-        return ProcessPoolExecutor(size, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(
+            size,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=watch_parent,
+            initargs=(os.getpid(),),
+        )
 
     pipeline = Pipeline(rt.js, rt.jobs, store, settings, secrets, new_pool, size)
 

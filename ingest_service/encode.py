@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
 from typing import Any
 
 import msgspec
@@ -27,6 +30,20 @@ class ChunkResult(msgspec.Struct, kw_only=True):
     mean: bytes | None = None
     shape: list[int] | None = None
     dtype: str | None = None
+
+
+def watch_parent(parent: int, every: float = 1.0) -> None:
+    """Pool initializer: exit when the service that started us is gone (SIGKILLed, say).
+
+    A killed service cannot stop its pool, and an orphaned encoder would wait on its queue forever.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="digits-parent-watch", daemon=True).start()
 
 
 def extension_instance(extension_id: str, form: dict[str, Any]) -> Any:

@@ -253,8 +253,14 @@ async def test_a_shard_worker_killed_mid_shard_still_gives_exact_counts(
     form.update(resize_width=32, resize_height=32, resize_channels=3, resize_mode="fill")
     await create_dataset(nats_server.url, "killed", form)
     await wait_shards(nc, "killed", 2)
+    import psutil
+
+    encoders = psutil.Process(first.proc.pid).children(recursive=True)
     first.proc.kill()  # SIGKILL, mid-shard: its message was never acked
     await asyncio.to_thread(first.proc.wait, 10)
+    # Its encoding processes notice and exit: a killed service leaves no orphans behind.
+    gone, alive = await asyncio.to_thread(psutil.wait_procs, encoders, 10)
+    assert encoders and not alive, f"orphaned: {alive}"
     await asyncio.to_thread(slow_ingest)
     job = await finished_job(nc, "killed", timeout=180)
     assert job.status == jobs.DONE, job.error
