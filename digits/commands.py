@@ -55,15 +55,17 @@ async def handle_job_command(
             await store.delete_prefix(f"{job_type}s/{cmd.job_id}/")
     except JobError as exc:
         log.info("%s %s rejected: %s", events.tag_of(type(cmd)), cmd.job_id, exc)
-        rejected = events.CommandRejected(
-            command_type=events.tag_of(type(cmd)),
-            command_id=cmd.event_id,
-            reason=str(exc),
-            job_id=cmd.job_id,
-        )
-        await bus.publish(
-            js,
-            events.subject_for(rejected),
-            events.encode(rejected),
-            msg_id=f"rejected:{cmd.event_id}",
-        )
+        await reject(js, cmd, str(exc))
+
+
+async def reject(js: JetStreamContext, cmd: events.Event, reason: str) -> None:
+    """Publish command.rejected for ``cmd`` (once per command, by its event id)."""
+    rejected = events.CommandRejected(
+        command_type=events.tag_of(type(cmd)),
+        command_id=cmd.event_id,
+        reason=reason,
+        job_id=getattr(cmd, "job_id", None),
+    )
+    await bus.publish(
+        js, events.subject_for(rejected), events.encode(rejected), msg_id=f"rejected:{cmd.event_id}"
+    )

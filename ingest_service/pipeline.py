@@ -23,7 +23,7 @@ from digits.config import Settings
 from digits.dataset import ShardWriter
 from digits.jobs import Job, JobNotFound, JobStore, Stage
 from digits.s3 import S3Error, fetch_objects, s3_client, split_s3_url
-from digits.secrets import SecretError, SecretStore, open_form, seal_form
+from digits.secrets import SECRET_FIELDS, SecretError, SecretStore, open_form, seal_form
 from digits.store import Store
 from digits.utils.constants import TEST_DB, TRAIN_DB, VAL_DB
 from ingest_service import finalize
@@ -203,9 +203,9 @@ class Pipeline:
         extra: dict[str, Any] = {"watch": watch} if (watch := watch_config(cmd.form)) else {}
         if self.secrets is not None:
             form = await seal_form(self.secrets, form, owner=cmd.owner)
-        elif any(form.get(k) for k in _secret_fields()):
+        elif any(form.get(k) for k in SECRET_FIELDS):
             # Never store credentials in the clear: drop them, and fail the job with the reason.
-            form = {k: v for k, v in form.items() if k not in _secret_fields()}
+            form = {k: v for k, v in form.items() if k not in SECRET_FIELDS}
             extra["refused"] = "the form carries credentials but DIGITS_SECRET_KEY is not set"
         job = Job(
             id=job_id,
@@ -292,7 +292,7 @@ class Pipeline:
             return
         entries = list(msgpack.unpackb(await self.store.get(work.entries_key), use_list=False))
         form = await self._form(job)
-        encoding = str(form.get("encoding") or _default_encoding(job.extension))
+        encoding = job.extra["encoding"]  # decided when the shards were planned
         with tempfile.TemporaryDirectory(prefix="digits-shard-") as tmp:
             failed: list[str] = []
             if any(_is_s3(e) for e in entries):
@@ -414,9 +414,3 @@ async def fetch_s3_entries(
 
 def _default_encoding(extension_id: str) -> str:
     return "png" if extension_id == "image-classification" else "none"
-
-
-def _secret_fields() -> frozenset[str]:
-    from digits.secrets import SECRET_FIELDS
-
-    return SECRET_FIELDS

@@ -13,6 +13,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from digits import bus, events, jobs
+from digits.commands import reject
 from digits.jobs import Job, JobNotFound, JobStore
 from digits.service import periodically
 
@@ -64,6 +65,11 @@ class Scheduler:
     async def on_create(self, msg: Msg) -> None:
         """Handle model.create: validate, create the sweep's jobs (once), queue or wait."""
         cmd = events.decode(msg.data, events.ModelCreate)
+        try:
+            combos = sweep(cmd.name, dict(cmd.form))
+        except ValueError as exc:
+            await reject(self.js, cmd, str(exc))
+            return
         idem = await self.js.key_value("digits-idem")
         claim = f"model-create.{cmd.event_id}"
         try:
@@ -72,11 +78,6 @@ class Scheduler:
         except nats.js.errors.KeyNotFoundError:
             ids = []
         if not ids:
-            try:
-                combos = sweep(cmd.name, dict(cmd.form))
-            except ValueError as exc:
-                await self._reject(cmd, str(exc))
-                return
             ids = [jobs.new_job_id(cmd.occurred_at) for _ in combos]
             if cmd.job_id:
                 ids[0] = cmd.job_id
@@ -84,7 +85,6 @@ class Scheduler:
                 await idem.create(claim, ",".join(ids).encode())
             except nats.js.errors.KeyWrongLastSequenceError:
                 ids = (await idem.get(claim)).value.decode().split(",")
-        combos = sweep(cmd.name, dict(cmd.form))
         for job_id, (name, form) in zip(ids, combos, strict=True):
             job = Job(
                 id=job_id,
@@ -152,14 +152,3 @@ class Scheduler:
                     await self.advance(job)
 
         await periodically(stop, interval, sweep_waiting, "waiting-model sweep")
-
-    async def _reject(self, cmd: events.ModelCreate, reason: str) -> None:
-        rejected = events.CommandRejected(
-            command_type="model.create", command_id=cmd.event_id, reason=reason, job_id=cmd.job_id
-        )
-        await bus.publish(
-            self.js,
-            events.subject_for(rejected),
-            events.encode(rejected),
-            msg_id=f"rejected:{cmd.event_id}",
-        )

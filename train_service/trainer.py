@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -234,8 +233,3 @@ def _gpus() -> list[dict[str, float]]:
         return out
     except Exception:  # noqa: BLE001 - no driver: no GPU figures
         return []
-
-
-def now() -> float:
-    """The time, for progress rates."""
-    return time.perf_counter()
