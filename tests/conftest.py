@@ -53,8 +53,8 @@ def stack(nats_server, tmp_path):
         "DIGITS_HARDWARE_S": "1",
     }
 
-    def start(module: str, wait: bool = True) -> ServiceProc:
-        proc = ServiceProc(module, nats_server.url, tmp_path, **env)
+    def start(module: str, wait: bool = True, **overrides: str) -> ServiceProc:
+        proc = ServiceProc(module, nats_server.url, tmp_path, **{**env, **overrides})
         started.append(proc)
         return proc.wait_healthy(60) if wait else proc
 

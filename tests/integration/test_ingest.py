@@ -9,13 +9,12 @@ import msgpack
 import nats
 import nats.errors
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 
 from digits import dataset, events, jobs, subjects
-from digits.secrets import SecretBox
 from tests.integration.test_jobs import job_store
-from tests.services import ServiceProc
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -36,21 +35,9 @@ def make_folder(root, classes: int, per_class: int, size: int = 12, mode: str = 
 
 
 @pytest.fixture
-def ingest(nats_server, tmp_path):
+def ingest(stack):
     """A real ingest service with a file store, data roots = tmp_path, small shards."""
-    proc = ServiceProc(
-        "ingest_service",
-        nats_server.url,
-        tmp_path,
-        DIGITS_DATA_ROOTS=str(tmp_path),
-        DIGITS_STORE_URL=(tmp_path / "store").as_uri(),
-        DIGITS_SECRET_KEY=SecretBox.generate_key(),
-        DIGITS_SHARD_SIZE="300",
-        DIGITS_INGEST_PROCS="2",
-    )
-    proc.wait_healthy()
-    yield proc
-    assert proc.stop() == 0, proc.log()
+    return stack("ingest_service", DIGITS_SHARD_SIZE="300", DIGITS_INGEST_PROCS="2")
 
 
 async def create_dataset(nats_url: str, name: str, form: dict) -> str:
@@ -218,30 +205,9 @@ async def wait_shards(nc, name: str, at_least: int) -> jobs.Job:
 
 
 @pytest.fixture
-def slow_ingest(nats_server, tmp_path):
+def slow_ingest(stack):
     """Start ingest services with one encoding process, shards of 100, a short ack_wait."""
-    started: list[ServiceProc] = []
-    key = SecretBox.generate_key()
-
-    def start() -> ServiceProc:
-        proc = ServiceProc(
-            "ingest_service",
-            nats_server.url,
-            tmp_path,
-            DIGITS_DATA_ROOTS=str(tmp_path),
-            DIGITS_STORE_URL=(tmp_path / "store").as_uri(),
-            DIGITS_SECRET_KEY=key,
-            DIGITS_SHARD_SIZE="100",
-            DIGITS_INGEST_PROCS="1",
-            DIGITS_ACK_WAIT_S="3",
-        )
-        started.append(proc)
-        return proc.wait_healthy()
-
-    yield start
-    for proc in started:
-        if proc.proc.poll() is None:
-            assert proc.stop() == 0, proc.log()
+    return lambda: stack("ingest_service", DIGITS_SHARD_SIZE="100", DIGITS_ACK_WAIT_S="3")
 
 
 async def test_a_shard_worker_killed_mid_shard_still_gives_exact_counts(
@@ -253,8 +219,6 @@ async def test_a_shard_worker_killed_mid_shard_still_gives_exact_counts(
     form.update(resize_width=32, resize_height=32, resize_channels=3, resize_mode="fill")
     await create_dataset(nats_server.url, "killed", form)
     await wait_shards(nc, "killed", 2)
-    import psutil
-
     encoders = psutil.Process(first.proc.pid).children(recursive=True)
     first.proc.kill()  # SIGKILL, mid-shard: its message was never acked
     await asyncio.to_thread(first.proc.wait, 10)
@@ -333,8 +297,6 @@ async def test_delete_is_refused_while_a_model_uses_the_dataset_then_removes_fil
 async def test_an_encoding_process_that_dies_is_replaced_and_counts_stay_exact(
     nats_server, nc, slow_ingest, tmp_path
 ):
-    import psutil
-
     make_folder(tmp_path / "train", classes=10, per_class=150, size=32)
     service = await asyncio.to_thread(slow_ingest)
     form = {"method": "folder", "folder_train": str(tmp_path / "train"), "folder_pct_val": 0}

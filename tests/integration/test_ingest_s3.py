@@ -13,10 +13,8 @@ from PIL import Image
 
 from digits import dataset, events, jobs, subjects
 from digits.s3 import s3_client
-from digits.secrets import SecretBox
 from tests.integration.test_ingest import create_dataset, finished_job
 from tests.integration.test_jobs import job_store
-from tests.services import ServiceProc
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -74,22 +72,9 @@ def minio_notification(bucket: str, key: str, etag: str) -> bytes:
 
 
 @pytest.fixture
-def ingest(nats_server, tmp_path):
+def ingest(stack):
     """An ingest service with a file store and a quick watch interval."""
-    proc = ServiceProc(
-        "ingest_service",
-        nats_server.url,
-        tmp_path,
-        DIGITS_DATA_ROOTS=str(tmp_path),
-        DIGITS_STORE_URL=(tmp_path / "store").as_uri(),
-        DIGITS_SECRET_KEY=SecretBox.generate_key(),
-        DIGITS_INGEST_PROCS="1",
-        DIGITS_WATCH_INTERVAL_S="0.5",
-        DIGITS_MAX_DELIVER="2",
-    )
-    proc.wait_healthy()
-    yield proc
-    assert proc.stop() == 0, proc.log()
+    return stack("ingest_service", DIGITS_WATCH_INTERVAL_S="0.5", DIGITS_MAX_DELIVER="2")
 
 
 def s3_form(endpoint: str, bucket: str, **extra) -> dict:
