@@ -153,6 +153,8 @@ class ShardedDataset(keras.utils.PyDataset):
         self.mean_mode, self.crop_size, self.num_classes = mean, crop_size or None, num_classes
         self.augment = augment if augment is not None and augment.active else None
         self.decode_threads = decode_threads or os.cpu_count() or 1
+        # 0 means auto: threads only for samples big enough to pay for them.
+        self._auto_threads = decode_threads == 0
         self.drop_remainder = training if drop_remainder is None else drop_remainder
         self.count = dataset.count(stage)
         counts = _shards(dataset, stage)
@@ -268,7 +270,8 @@ class ShardedDataset(keras.utils.PyDataset):
         return feature, label
 
     def _map(self, fn: Callable[[tuple[int, int, int]], Any], jobs: list[Any]) -> list[Any]:
-        small = math.prod(self.feature_shape) < SMALL_SAMPLE  # threads cost more than they save
+        # Threads cost more than they save on small samples (unless asked for explicitly).
+        small = self._auto_threads and math.prod(self.feature_shape) < SMALL_SAMPLE
         if self.decode_threads <= 1 or len(jobs) <= 1 or small:
             return [fn(job) for job in jobs]
         if self._pid != os.getpid():  # forked: the parent's threads and lock stayed behind
