@@ -13,7 +13,7 @@ from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
 from digits.config import Settings
-from gateway import api, classify, health, webhook
+from gateway import api, classify, health, pages, webhook
 from gateway.accounts import Accounts, LoginLimiter
 from gateway.busclient import BusClient
 
@@ -41,6 +41,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         S3_WEBHOOK_TOKEN=os.environ.get("DIGITS_S3_WEBHOOK_TOKEN") or None,
         LOGIN_LIMIT=5,
         LOGIN_WINDOW_S=60.0,
+        SESSION_COOKIE_SAMESITE="Lax",
+        PERMANENT_SESSION_LIFETIME=7 * 24 * 3600,
     )
     if test_config:
         app.config.from_mapping(test_config)
@@ -68,6 +70,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(classify.bp)
     app.register_blueprint(webhook.bp)
+    pages.register(app)
     return app
 
 

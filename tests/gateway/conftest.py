@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -109,3 +110,50 @@ def add_job(bus_client: BusClient, **fields: Any) -> jobs.Job:
     fields.setdefault("id", jobs.new_job_id())
     assert bus_client.jobs is not None
     return bus_client.call(bus_client.jobs.create(jobs.Job(**fields)))
+
+
+CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def csrf_of(html: str) -> str:
+    """The CSRF token of the first form in a page."""
+    found = CSRF_INPUT.search(html)
+    assert found, "the page has no CSRF token"
+    return found.group(1)
+
+
+class Browser:
+    """A logged-in page session on the test client: keeps the CSRF token for posts."""
+
+    def __init__(self, client: FlaskClient) -> None:
+        self.client = client
+        self.csrf = ""
+
+    def login(self, username: str = "admin", password: str = ADMIN_PASSWORD) -> Any:
+        """Log in through the login form; returns the response to the POST."""
+        self.csrf = csrf_of(self.client.get("/login").get_data(as_text=True))
+        response = self.client.post(
+            "/login", data={"username": username, "password": password, "csrf_token": self.csrf}
+        )
+        return response
+
+    def get(self, url: str, htmx: bool = False, **kw: Any) -> Any:
+        """GET a page, or its fragment with ``htmx=True``."""
+        headers = {"HX-Request": "true"} if htmx else {}
+        return self.client.get(url, headers=headers, **kw)
+
+    def post(self, url: str, data: dict[str, Any] | None = None, htmx: bool = False, **kw: Any):
+        """POST a form with the session's CSRF token."""
+        headers = {"HX-Request": "true"} if htmx else {}
+        return self.client.post(
+            url, data={"csrf_token": self.csrf, **(data or {})}, headers=headers, **kw
+        )
+
+
+@pytest.fixture
+def browser(client: FlaskClient) -> Browser:
+    """A page session logged in as admin."""
+    session = Browser(client)
+    response = session.login()
+    assert response.status_code == 302, response.get_data(as_text=True)
+    return session
