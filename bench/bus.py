@@ -34,6 +34,9 @@ from digits.metrics import Metrics
 from digits.natsserver import NatsServer
 from digits.subjects import ConsumerSpec
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script too
+from bench.common import percentile, ratio, say  # noqa: E402
+
 PAD = b"x" * 120  # a small work item: send time (8 bytes) plus padding
 FETCH_TIMEOUT = 1.0  # the Worker's default; the baseline uses the same
 LATENCY_GAP_S = 0.002  # pause between latency samples so the queue is empty
@@ -45,16 +48,6 @@ _WORK_STREAM = next(s for s in subjects.STREAMS if s.name == subjects.STREAM_WOR
 _WORK_CONSUMER = subjects.CONSUMERS[subjects.CONSUMER_INGEST]
 
 Handler = Callable[[Msg], Awaitable[None]]
-
-
-def say(text: str) -> None:
-    """Print one human-readable line to stderr."""
-    print(text, file=sys.stderr, flush=True)
-
-
-def percentile(values: list[float], pct: int) -> float:
-    """The ``pct``-th percentile of ``values`` (inclusive method)."""
-    return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
 
 
 class Counter:
@@ -289,11 +282,6 @@ async def baseline_loop(sub: Any, handler: Handler, batch: int, stop: asyncio.Ev
                 await msg.ack()
     finally:
         await sub.unsubscribe()
-
-
-def ratio(a: float, b: float) -> float:
-    """a / b rounded, NaN when b is zero."""
-    return round(a / b, 3) if b else float("nan")
 
 
 async def run(messages: int, samples: int, batches: list[int], repeats: int) -> dict[str, Any]:

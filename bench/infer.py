@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import io
 import json
 import logging
 import os
-import platform
 import re
 import signal
 import statistics
@@ -58,6 +56,10 @@ from digits.store import FileStore
 from view_service import classify
 from view_service.models import Batcher, Deps, LoadedModel, ModelCache
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script too
+from bench.common import machine as machine_facts  # noqa: E402
+from bench.common import percentile, ratio, say  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = 10
 LABELS = label_names(CLASSES)
@@ -76,21 +78,6 @@ MANY_TIMEOUT_S = 300.0
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
 WARMUP = 20
-
-
-def say(text: str) -> None:
-    """Print one human-readable line to stderr."""
-    print(text, file=sys.stderr, flush=True)
-
-
-def ratio(a: float, b: float) -> float:
-    """a / b rounded, NaN when b is zero."""
-    return round(a / b, 3) if b else float("nan")
-
-
-def percentile(values: list[float], pct: int) -> float:
-    """The ``pct``-th percentile of ``values`` (inclusive method)."""
-    return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
 
 
 def summary(ms: list[float]) -> dict[str, float]:
@@ -544,35 +531,6 @@ class Bench:
 # --- the run ---------------------------------------------------------------------------------
 
 
-def machine(server_version: str) -> dict[str, Any]:
-    """The machine and library versions."""
-    from importlib.metadata import version
-
-    def ver(name: str) -> str:
-        try:
-            return version(name)
-        except Exception:  # noqa: BLE001 - informative only
-            return "unknown"
-
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cores": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "tensorflow": ver("tensorflow"),
-        "keras": ver("keras"),
-        "numpy": ver("numpy"),
-        "pillow": ver("pillow"),
-        "nats_py": ver("nats-py"),
-        "nats_server": server_version,
-    }
-
-
 @dataclass(frozen=True)
 class Sizes:
     """How much each measurement does."""
@@ -646,7 +604,9 @@ async def run(sizes: Sizes) -> dict[str, Any]:
         "many": many,
         "service_batcher": {"max_batch": BATCH_MAX, "max_delay_s": BATCH_DELAY_S},
         "sizes": {"single": sizes.single, "concurrent": sizes.concurrent, "rounds": sizes.rounds},
-        "machine": machine(server_version),
+        "machine": machine_facts(
+            "tensorflow", "keras", "numpy", "pillow", "nats-py", nats_server=server_version
+        ),
     }
 
 

@@ -48,6 +48,9 @@ from digits.config import Settings
 from digits.dataset import JPEG_QUALITY, ShardWriter
 from digits.natsserver import NatsServer, free_port
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script too
+from bench.common import ratio, say  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = 10
 EXTENSION = "image-classification"
@@ -92,16 +95,6 @@ class ImageSet:
 
 # A small dataset that starts each case: the services' encoding processes spawn on first use.
 WARM = ImageSet("warm", 0, 28, 28, 1, "png", "png")
-
-
-def say(text: str) -> None:
-    """Print one human-readable line to stderr."""
-    print(text, file=sys.stderr, flush=True)
-
-
-def ratio(a: float, b: float) -> float:
-    """a / b rounded, NaN when b is zero."""
-    return round(a / b, 3) if b else float("nan")
 
 
 class CpuMeter:

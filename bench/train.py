@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -39,6 +38,10 @@ from digits.dataset import (
     mean_npy_bytes,
     shard_key,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script too
+from bench.common import machine as machine_facts  # noqa: E402
+from bench.common import ratio, say  # noqa: E402
 
 CLASSES = 10
 SCALE = 1.0 / 255.0  # train_service.session.SCALE
@@ -85,19 +88,9 @@ QUICK_CASES = {
 }
 
 
-def say(text: str) -> None:
-    """Print one human-readable line to stderr."""
-    print(text, file=sys.stderr, flush=True)
-
-
 def peak_rss_mb() -> float:
     """This process's peak resident set size so far, in MiB."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
-
-
-def ratio(a: float, b: float) -> float:
-    """a / b rounded, NaN when b is zero."""
-    return round(a / b, 3) if b else float("nan")
 
 
 # --------------------------------------------------------------------------- datasets
@@ -482,36 +475,6 @@ def summarize(key: str, case: Case, root: Path, r: dict[str, Any]) -> dict[str, 
     return fig
 
 
-def machine() -> dict[str, Any]:
-    """The machine and library versions."""
-    from importlib.metadata import version
-
-    def ver(name: str) -> str:
-        try:
-            return version(name)
-        except Exception:  # noqa: BLE001 - informative only
-            return "unknown"
-
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cores": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "tensorflow": ver("tensorflow"),
-        "keras": ver("keras"),
-        "numpy": ver("numpy"),
-        "pillow": ver("pillow"),
-        "lmdb": ver("lmdb"),
-    }
-
-
 def run(names: list[str], encodings: list[str], quick: bool, profile: bool) -> dict[str, Any]:
     """Write the datasets, run every case, return the figures."""
     table = QUICK_CASES if quick else CASES
@@ -556,7 +519,7 @@ def run(names: list[str], encodings: list[str], quick: bool, profile: bool) -> d
         ),
         "peak_rss_mb": peak,
         "backend": backend,
-        "machine": machine(),
+        "machine": machine_facts("tensorflow", "keras", "numpy", "pillow", "lmdb"),
     }
 
 

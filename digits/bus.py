@@ -30,7 +30,7 @@ from nats.js.api import (
 from nats.js.kv import KeyValue
 
 from digits import events, subjects
-from digits.config import Settings
+from digits.config import ConfigError, Settings
 from digits.metrics import Metrics
 from digits.subjects import ConsumerSpec, StreamSpec
 
@@ -72,7 +72,11 @@ async def connect(settings: Settings, name: str, **kwargs: Any) -> NATS:
         "allow_reconnect": True,
     }
     if settings.nats_creds:
+        _require_nkeys(settings.nats_creds)
         opts["user_credentials"] = settings.nats_creds
+    if settings.nats_user:
+        opts["user"] = settings.nats_user
+        opts["password"] = settings.nats_password or ""
     if settings.nats_tls_ca or settings.nats_tls_cert:
         ctx = ssl.create_default_context(cafile=settings.nats_tls_ca)
         if settings.nats_tls_cert:
@@ -80,6 +84,16 @@ async def connect(settings: Settings, name: str, **kwargs: Any) -> NATS:
         opts["tls"] = ctx
     opts.update(kwargs)
     return await nats.connect(**opts)
+
+
+def _require_nkeys(creds: str) -> None:
+    # nats-py signs the server's nonce with nkeys, an optional dependency: say so up front.
+    try:
+        import nkeys  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            f"DIGITS_NATS_CREDS={creds!r} needs the nkeys package to sign in; pip install nkeys"
+        ) from None
 
 
 def stream_config(spec: StreamSpec, replicas: int = 1) -> StreamConfig:
@@ -101,13 +115,15 @@ async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> None:
     for spec in subjects.STREAMS:
         config = stream_config(spec, replicas)
         try:
-            await js.stream_info(spec.name)
+            info = await js.stream_info(spec.name)
         except nats.js.errors.NotFoundError:
             try:
                 await js.add_stream(config)
                 continue
             except nats.js.errors.BadRequestError:
-                pass  # another service created it first
+                info = await js.stream_info(spec.name)  # another service created it first
+        # A service started without DIGITS_REPLICAS must not shrink a cluster's R3 streams.
+        config.num_replicas = max(replicas, info.config.num_replicas or 1)
         await js.update_stream(config)
 
 

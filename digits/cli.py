@@ -9,8 +9,10 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
+import nats.errors
 import nats.js.errors
 
 from digits import bus
@@ -187,10 +189,93 @@ def dataset_inspect(args: argparse.Namespace) -> int:
 
 def init(args: argparse.Namespace) -> int:
     """Create streams, KV buckets and consumers on the configured NATS (idempotent)."""
-    settings = Settings.from_env()
-    asyncio.run(_init(settings))
-    print(f"streams, buckets and consumers ready on {', '.join(settings.nats_urls)}")
+    env = dict(os.environ)
+    if args.nats:
+        env["DIGITS_NATS_URL"] = args.nats
+    if args.replicas:
+        env["DIGITS_REPLICAS"] = str(args.replicas)
+    settings = Settings.from_env(env)
+    where = ", ".join(settings.nats_urls)
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            asyncio.run(_init(settings))
+            break
+        except (OSError, TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            # A cluster that is still electing its leaders answers "unavailable" for a while.
+            reason = getattr(exc, "description", None) or repr(exc)
+            if time.monotonic() >= deadline:
+                print(f"digits init: {where}: {reason}", file=sys.stderr)
+                return 1
+            log.info("NATS at %s not ready (%s); retrying", where, reason)
+            time.sleep(1.0)
+    print(f"streams, buckets and consumers ready on {where} (replicas {settings.replicas})")
     return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run one service with only some of its consumers, or for one work item (KEDA ScaledJob)."""
+    import importlib
+
+    from digits import subjects
+
+    only = {c for c in (args.consumers or "").split(",") if c} | ({args.once} - {None})
+    unknown = sorted(only - set(subjects.CONSUMERS))
+    if unknown:
+        known = ", ".join(sorted(subjects.CONSUMERS))
+        print(f"digits serve: unknown consumers {unknown}; known: {known}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"{args.module}.__main__")  # NAME and setup
+    settings = Settings.from_env()
+    logging.getLogger().setLevel(settings.log_level)
+    asyncio.run(_serve(module, settings, only, args.once, args.idle_exit))
+    return 0
+
+
+async def _serve(
+    module: object, settings: Settings, only: set[str], once: str | None, idle_s: float
+) -> None:
+    from digits import subjects
+    from digits.service import ServiceRuntime
+
+    class Role(ServiceRuntime):
+        took = False
+
+        def add_worker(self, spec, handler):  # type: ignore[no-untyped-def]
+            if only and spec.durable not in only | {subjects.CONSUMER_DLQ_FORWARDER}:
+                return None  # another role's consumer: another process runs it
+            if spec.durable == once:
+                handler = self._one(handler)
+            return super().add_worker(spec, handler)
+
+        def _one(self, handler: bus.Handler) -> bus.Handler:
+            async def one(msg: object) -> None:
+                self.took = True
+                try:
+                    await handler(msg)  # type: ignore[arg-type]
+                finally:
+                    self.stop.set()  # the worker acks (or naks) it, then stops fetching
+
+            return one
+
+    rt = Role(module.NAME, settings)  # type: ignore[attr-defined]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, rt.stop.set)
+    await rt.start()
+    await module.setup(rt)  # type: ignore[attr-defined]
+
+    async def idle_exit() -> None:
+        try:
+            await asyncio.wait_for(rt.stop.wait(), idle_s)
+        except TimeoutError:
+            if not rt.took:
+                log.info("%s: no work for %.0fs; exiting", rt.name, idle_s)
+                rt.stop.set()
+
+    if once and idle_s > 0:
+        rt.background(idle_exit())
+    await rt.wait()
 
 
 def secret_key(args: argparse.Namespace) -> int:
@@ -213,7 +298,20 @@ def parser() -> argparse.ArgumentParser:
     p_up.add_argument("--demo", action="store_true", help="also create the demo dataset and model")
     p_up.set_defaults(func=up)
     p_init = sub.add_parser("init", help="create streams, KV buckets and consumers")
+    p_init.add_argument("--nats", help="server URLs, comma-separated (default DIGITS_NATS_URL)")
+    p_init.add_argument("--replicas", type=int, help="stream replicas (default DIGITS_REPLICAS)")
+    p_init.add_argument(
+        "--wait", type=float, default=0.0, help="keep retrying this many seconds (default 0)"
+    )
     p_init.set_defaults(func=init)
+    p_serve = sub.add_parser("serve", help="run a service with some of its consumers")
+    p_serve.add_argument("module", help="ingest_service, train_service or view_service")
+    p_serve.add_argument("--consumers", help="comma-separated durable names to run (default all)")
+    p_serve.add_argument("--once", metavar="CONSUMER", help="exit after one message of this one")
+    p_serve.add_argument(
+        "--idle-exit", type=float, default=0.0, help="with --once: exit if none comes in S seconds"
+    )
+    p_serve.set_defaults(func=serve)
     p_ds = sub.add_parser("dataset", help="dataset tools")
     ds_sub = p_ds.add_subparsers(dest="dataset_command", required=True)
     p_inspect = ds_sub.add_parser("inspect", help="counts, shapes and label histogram")

@@ -22,6 +22,8 @@ class Settings:
 
     nats_urls: tuple[str, ...] = ("nats://127.0.0.1:4222",)
     nats_creds: str | None = None
+    nats_user: str | None = None
+    nats_password: str | None = field(default=None, repr=False)
     nats_tls_ca: str | None = None
     nats_tls_cert: str | None = None
     nats_tls_key: str | None = None
@@ -64,6 +66,14 @@ class Settings:
             value = get(f"DIGITS_{name.upper()}")
             if value:
                 kw[name] = _existing_file(f"DIGITS_{name.upper()}", value)
+        if get("DIGITS_NATS_USER"):
+            kw["nats_user"] = get("DIGITS_NATS_USER")
+        if get("DIGITS_NATS_PASSWORD"):
+            if not get("DIGITS_NATS_USER"):
+                raise ConfigError(
+                    "DIGITS_NATS_PASSWORD is set but DIGITS_NATS_USER is not; set both, or neither"
+                )
+            kw["nats_password"] = get("DIGITS_NATS_PASSWORD")
         if get("DIGITS_DATA_DIR"):
             kw["data_dir"] = str(Path(get("DIGITS_DATA_DIR", "")).expanduser())
         if get("DIGITS_STORE_URL"):
@@ -141,6 +151,8 @@ class Settings:
         }
         optional = {
             "DIGITS_NATS_CREDS": self.nats_creds,
+            "DIGITS_NATS_USER": self.nats_user,
+            "DIGITS_NATS_PASSWORD": self.nats_password,
             "DIGITS_NATS_TLS_CA": self.nats_tls_ca,
             "DIGITS_NATS_TLS_CERT": self.nats_tls_cert,
             "DIGITS_NATS_TLS_KEY": self.nats_tls_key,
