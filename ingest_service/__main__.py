@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
 import sys
@@ -11,6 +12,7 @@ from functools import partial
 
 from digits import subjects
 from digits.commands import handle_job_command
+from digits.extensions.data import get_extensions
 from digits.secrets import SecretBox, SecretStore
 from digits.service import ServiceRuntime, main
 from digits.store import store_from_settings
@@ -19,11 +21,15 @@ from ingest_service.pipeline import Pipeline
 from ingest_service.watch import Watcher
 
 NAME = "ingest"
+log = logging.getLogger(__name__)
 
 
 async def setup(rt: ServiceRuntime) -> None:
     """Register this service's consumers."""
     assert rt.js is not None and rt.jobs is not None
+    # Load the data extensions now, so that a broken plugin is logged when the service starts.
+    extensions = await asyncio.to_thread(get_extensions)
+    log.info("data extensions: %s", ", ".join(sorted(extensions)))
     settings = rt.settings
     store = store_from_settings(settings)
     rt.defer(store.close)

@@ -171,6 +171,7 @@ async def finalize(pipeline: Pipeline, work: events.IngestFinalize) -> None:
         encoding=job.extra.get("encoding", "none"),
         stages=stages,
         mean=mean_keys,
+        extra={**(previous.extra if previous else {}), **job.extra.get("manifest_extra", {})},
     )
     await store.put(dataset_key(job.id, "manifest.json"), manifest.to_json())
     url = store.url(dataset_key(job.id, "manifest.json"))

@@ -25,7 +25,7 @@ from digits.jobs import Job, JobNotFound, JobStore, Stage
 from digits.s3 import S3Error, fetch_objects, s3_client, split_s3_url
 from digits.secrets import SECRET_FIELDS, SecretError, SecretStore, open_form, seal_form
 from digits.store import Store
-from digits.utils.constants import TEST_DB, TRAIN_DB, VAL_DB
+from digits.utils.constants import COLOR_PALETTE_ATTRIBUTE, TEST_DB, TRAIN_DB, VAL_DB
 from ingest_service import finalize
 from ingest_service.encode import ChunkResult, encode_chunk
 from ingest_service.watch import object_claim, watch_config
@@ -123,7 +123,7 @@ class Pipeline:
             log.info("dataset %s: %s", job.id, exc)
             await self._fail(job.id, parse, f"{type(exc).__name__}: {exc}")
             return
-        entries, labels = itemized
+        entries, labels, manifest_extra = itemized
         if not entries.get(TRAIN_DB):
             await self._fail(job.id, parse, "no entries for train_db: nothing to train on")
             return
@@ -151,6 +151,8 @@ class Pipeline:
                 for s, p in plan.items()
             ]
             extra = {**j.extra, "version": 1, "plan": plan, "labels": labels, "done": {}}
+            if manifest_extra:
+                extra["manifest_extra"] = manifest_extra
             extra["encoding"] = str(form.get("encoding") or _default_encoding(j.extension))
             return msgspec.structs.replace(j, stages=stages, extra=extra)
 
@@ -365,14 +367,28 @@ class Pipeline:
             await bus.publish_event(self.js, events.IngestFinalize(job_id=job.id, version=version))
 
 
-def _itemize(extension_id: str, form: dict[str, Any]) -> tuple[dict[str, list], list[str]]:
-    """Run the extension's itemize_entries for each stage (blocking: runs in a thread)."""
+def _itemize(
+    extension_id: str, form: dict[str, Any]
+) -> tuple[dict[str, list], list[str], dict[str, Any]]:
+    """Run the extension's itemize_entries for each stage (blocking: runs in a thread).
+
+    Returns the entries, the class names and what goes in the manifest's ``extra``: the colour
+    palette that DIGITS's segmentation extensions keep in their userdata.
+    """
     from digits.extensions.data import get_extension
 
     ext = get_extension(extension_id)(is_inference_db=False, **form)
     entries = {stage: list(ext.itemize_entries(stage) or []) for stage in STAGES}
     labels = ext.get_labels() if hasattr(ext, "get_labels") else getattr(ext, "labels", None)
-    return entries, [str(label) for label in (labels or [])]
+    userdata = getattr(ext, "userdata", None)
+    userdata = userdata if isinstance(userdata, dict) else {}
+    if not labels:  # DIGITS's plugins name their classes in userdata["class_labels"]
+        labels = userdata.get("class_labels")
+    extra: dict[str, Any] = {}
+    palette = userdata.get(COLOR_PALETTE_ATTRIBUTE)
+    if palette is not None:
+        extra[COLOR_PALETTE_ATTRIBUTE] = [int(v) for v in palette]
+    return entries, [str(label) for label in (labels or [])], extra
 
 
 def _is_s3(entry: Any) -> bool:

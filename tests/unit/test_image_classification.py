@@ -480,7 +480,8 @@ def test_broken_plugin_is_recorded_and_others_keep_working(registry, caplog):
     registry.setattr("importlib.metadata.entry_points", lambda group=None: eps)
     with caplog.at_level(logging.ERROR, logger="digits.extensions.data"):
         extensions = get_extensions(refresh=True)
-    assert set(extensions) == {"image-classification", "fake-plugin"}
+    builtins = {"image-classification", "image-segmentation", "image-object-detection"}
+    assert set(extensions) == builtins | {"fake-plugin"}
     broken = broken_extensions()
     assert "digitsDataPluginBroken" in broken["digitsDataPluginBroken:DataIngestion"]
     assert "not a subclass" in broken["tests.fake:NotAPlugin"]

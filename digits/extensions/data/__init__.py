@@ -41,9 +41,13 @@ _cache: tuple[dict[str, type], dict[str, str]] | None = None
 
 def _builtin_extensions() -> list[type]:
     # Imported here so that importing this package stays cheap (Pillow, numpy).
-    from . import imageClassification
+    from . import imageClassification, imageSegmentation, objectDetection
 
-    return [imageClassification.DataIngestion]
+    return [
+        imageClassification.DataIngestion,
+        imageSegmentation.DataIngestion,
+        objectDetection.DataIngestion,
+    ]
 
 
 def _entry_point_name(ep: importlib.metadata.EntryPoint) -> str:

@@ -15,8 +15,9 @@ from digits.paths import confine
 from digits.utils import constants, override, subclass
 from digits.utils.image import RESIZE_MODES, load_image, resize_image
 
+from .. import fields
 from ..interface import DataIngestionInterface
-from . import fields, folders, s3source, textfiles
+from . import folders, s3source, textfiles
 
 logger = logging.getLogger(__name__)
 

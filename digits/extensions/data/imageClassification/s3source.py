@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 from digits.utils import constants
 from digits.utils.image import SUPPORTED_EXTENSIONS
 
-from . import fields, folders
+from .. import fields
+from . import folders
 
 Entry = tuple[str, int]
 T = TypeVar("T")

@@ -1,4 +1,7 @@
-"""Coerce form values (from Flask-WTF, JSON or msgpack commands) with errors naming the field."""
+"""Coerce form values (from Flask-WTF, JSON or msgpack commands) with errors naming the field.
+
+Shared by the built-in data extensions; plugins may use it too (``digits.extensions.data.fields``).
+"""
 
 from __future__ import annotations
 
@@ -89,3 +92,29 @@ def get_text(form: Mapping[str, Any], name: str) -> str | None:
     if isinstance(value, str):
         return value
     raise ValueError(f"{name} must be the file's text (str or bytes), not {type(value).__name__}")
+
+
+def get_float(
+    form: Mapping[str, Any],
+    name: str,
+    default: float | None,
+    lo: float | None = None,
+    hi: float | None = None,
+) -> float | None:
+    """Read a number (int, float or numeric string) within [lo, hi]; blank gives ``default``."""
+    value = form.get(name)
+    if is_blank(value):
+        return default
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, not {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise ValueError(f"{name} must be a number, not {value!r}") from None
+    if not isinstance(value, int | float) or value != value:  # NaN is not a number here
+        raise ValueError(f"{name} must be a number, not {value!r}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
+        raise ValueError(f"{name} must be in {bounds}, not {value}")
+    return float(value)
