@@ -52,6 +52,11 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
+# An inference request carries one image of up to 8 MiB (view_service.classify.MAX_IMAGE_BYTES)
+# plus its fields; nats-server's default of 1 MiB would refuse it.
+MAX_PAYLOAD = 16 << 20
+
+
 class NatsServer:
     """One nats-server process with JetStream, its store in ``store_dir``."""
 
@@ -77,10 +82,18 @@ class NatsServer:
         """Client URL of this server."""
         return f"nats://{self.host}:{self.port}"
 
+    def config_file(self) -> Path:
+        """A config with what has no command-line flag: room for an inference request's image."""
+        path = self.store_dir / "digits-nats.conf"
+        path.write_text(f"max_payload: {MAX_PAYLOAD}\n")
+        return path
+
     def command(self) -> list[str]:
         """The command line that starts this server."""
         return [
             server_binary(),
+            "-c",
+            str(self.config_file()),
             "--jetstream",
             "--store_dir",
             str(self.store_dir),

@@ -28,6 +28,7 @@ class ChunkResult(msgspec.Struct, kw_only=True):
     reasons: list[str] = msgspec.field(default_factory=list)
     histogram: dict[str, int] = msgspec.field(default_factory=dict)
     mean: bytes | None = None
+    mixed_shapes: bool = False  # features differ in shape: no mean image for this dataset
     shape: list[int] | None = None
     dtype: str | None = None
 
@@ -86,7 +87,10 @@ def encode_chunk(
                 result.shape = shape if len(shape) == 3 else [*shape, 1]
                 result.dtype = str(feature.dtype)
             if mean is not None:
-                mean.add(feature)
+                try:
+                    mean.add(feature)
+                except ValueError:  # features of several sizes have no mean image
+                    mean, result.mixed_shapes = None, True
             if isinstance(label, int):
                 result.histogram[str(label)] = result.histogram.get(str(label), 0) + 1
         result.samples.extend(encoded)

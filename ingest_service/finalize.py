@@ -31,6 +31,8 @@ def merge_chunks(results: list[ChunkResult]) -> dict[str, Any]:
         for label, n in r.histogram.items():
             histogram[label] = histogram.get(label, 0) + n
     first = next((r for r in results if r.shape is not None), None)
+    shapes = {tuple(r.shape) for r in results if r.shape is not None}
+    mixed = len(shapes) > 1 or any(r.mixed_shapes for r in results)
     return {
         "entries": sum(r.written for r in results),
         "samples": sum(len(r.samples) for r in results),
@@ -39,7 +41,8 @@ def merge_chunks(results: list[ChunkResult]) -> dict[str, Any]:
         "histogram": histogram,
         "shape": first.shape if first else None,
         "dtype": first.dtype if first else None,
-        "mean": True if any(r.mean for r in results) else None,
+        "mean": True if any(r.mean for r in results) and not mixed else None,
+        "mixed_shapes": mixed,
     }
 
 
@@ -119,7 +122,7 @@ async def finalize(pipeline: Pipeline, work: events.IngestFinalize) -> None:
         previous = Manifest.from_json(await store.get(dataset_key(job.id, "manifest.json")))
     stages: dict[str, StageInfo] = dict(previous.stages) if previous else {}
     added: dict[str, int] = {}
-    mean = MeanAccumulator()
+    mean, mixed = MeanAccumulator(), False
     if previous is not None and previous.mean:
         mean.merge(MeanAccumulator.from_bytes(await store.get(dataset_key(job.id, MEAN_SUMS))))
     shape, dtype = (previous.feature_shape, previous.feature_dtype) if previous else (None, None)
@@ -137,9 +140,14 @@ async def finalize(pipeline: Pipeline, work: events.IngestFinalize) -> None:
             for label, n_label in stats["histogram"].items():
                 label_name = labels[int(label)] if int(label) < len(labels) else label
                 histogram[label_name] = histogram.get(label_name, 0) + n_label
-            if stage == "train_db" and stats.get("mean"):
+            if stats.get("mixed_shapes"):
+                mixed = True
+            elif stage == "train_db" and stats.get("mean") and not mixed:
                 partial = await store.get(dataset_key(job.id, stage, f"{name}.mean.npy"))
-                mean.merge(MeanAccumulator.from_bytes(partial))
+                try:
+                    mean.merge(MeanAccumulator.from_bytes(partial))
+                except ValueError:  # shards of different feature sizes: no mean image
+                    mixed = True
         added[stage] = count
         stages[stage] = StageInfo(
             shards=shards, count=old.count + count, skipped=skipped, histogram=histogram
@@ -151,7 +159,7 @@ async def finalize(pipeline: Pipeline, work: events.IngestFinalize) -> None:
         )
         return
     mean_keys: dict[str, str] = {}
-    if mean.count:
+    if mean.count and not mixed:
         await store.put(dataset_key(job.id, MEAN_SUMS), mean.to_bytes())
         buf = io.BytesIO()
         np.save(buf, mean.mean())

@@ -209,3 +209,35 @@ async def test_segmentation_and_detection_datasets_through_ingest(
     for i, name in enumerate(sorted(expected)):
         rows = np.array(expected[name] + [[-1, 0, 0, 0, 0]] * (3 - len(expected[name])))
         np.testing.assert_allclose(found[i], rows.astype(np.float32))
+
+
+def test_features_of_several_sizes_are_kept_without_a_mean_image(tmp_path):
+    from ingest_service.encode import encode_chunk
+    from ingest_service.finalize import merge_chunks
+
+    features, labels, _ = make_segmentation(tmp_path, count=4)
+    small = np.zeros((6, 8), np.uint8)
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8), "RGB").save(features / "img003.png")
+    label = Image.fromarray(small, "P")
+    label.putpalette(PALETTE)
+    label.save(labels / "img003.png")
+    form = dict(
+        data_roots=[str(tmp_path)],
+        feature_folder=str(features),
+        label_folder=str(labels),
+        folder_pct_val=0,
+        channel_conversion="RGB",
+    )
+    entries = [
+        [str(features / f"img{i:03d}.png"), str(labels / f"img{i:03d}.png")] for i in range(4)
+    ]
+    whole = encode_chunk("image-segmentation", form, entries, "none", True)
+    assert (whole.written, whole.skipped, whole.mixed_shapes, whole.mean) == (4, 0, True, None)
+    # Chunks of different sizes, each uniform by itself, also end without a mean.
+    parts = [
+        encode_chunk("image-segmentation", form, e, "none", True)
+        for e in (entries[:3], entries[3:])
+    ]
+    assert all(p.mean for p in parts)
+    stats = merge_chunks(parts)
+    assert stats["samples"] == 4 and stats["mean"] is None and stats["mixed_shapes"] is True
