@@ -32,6 +32,7 @@ RPC_INFER = f"{RPC}.infer"
 RPC_INFER_CLASSIFY = f"{RPC_INFER}.classify"
 RPC_INFER_MANY = f"{RPC_INFER}.many"
 RPC_INFER_TOPN = f"{RPC_INFER}.topn"
+RPC_INFER_GENERIC = f"{RPC_INFER}.generic"  # generic models, rendered by a view extension
 
 # Streams.
 STREAM_CMD = "DIGITS_CMD"

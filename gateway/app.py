@@ -13,7 +13,7 @@ from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
 from digits.config import Settings
-from gateway import api, classify, health, pages, webhook
+from gateway import api, classify, health, models_api, pages, plugin_static, webhook
 from gateway.accounts import Accounts, LoginLimiter
 from gateway.busclient import BusClient
 
@@ -64,12 +64,15 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     csrf.init_app(app)
     # The JSON API and the webhook authenticate every request (Basic/Bearer), not by cookie.
     csrf.exempt(api.bp)
+    csrf.exempt(models_api.bp)
     csrf.exempt(classify.bp)
     csrf.exempt(webhook.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(models_api.bp)
     app.register_blueprint(classify.bp)
     app.register_blueprint(webhook.bp)
+    app.register_blueprint(plugin_static.bp)
     pages.register(app)
     return app
 

@@ -31,6 +31,7 @@ __all__ = [
     "from_python",
     "googlenet",
     "lenet",
+    "regression",
     "resnet18",
     "resnet50",
 ]
@@ -267,6 +268,20 @@ def fcn(input_shape: Sequence[int], num_classes: int) -> keras.Model:
     return keras.Model(inputs, _logits(x), name="fcn")
 
 
+def regression(input_shape: Sequence[int], num_outputs: int) -> keras.Model:
+    """A small conv net with a linear head: ``num_outputs`` real values (generic models)."""
+    shape, num_outputs = _check(input_shape, num_outputs)
+    inputs = keras.Input(shape, name="data")
+    x = inputs
+    for i, filters in enumerate((16, 32, 64), start=1):
+        x = _conv_relu(x, filters, 3, f"conv{i}")
+        x = _pool(x, 2, 2, name=f"pool{i}")
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dense(64, activation="relu", name="fc1")(x)
+    x = layers.Dense(num_outputs, name="fc2")(x)
+    return keras.Model(inputs, _logits(x), name="regression")
+
+
 STANDARD_NETWORKS: dict[str, Callable[[Sequence[int], int], keras.Model]] = {
     "lenet": lenet,
     "alexnet": alexnet,
@@ -274,6 +289,7 @@ STANDARD_NETWORKS: dict[str, Callable[[Sequence[int], int], keras.Model]] = {
     "resnet18": resnet18,
     "resnet50": resnet50,
     "fcn": fcn,
+    "regression": regression,
 }
 
 

@@ -20,13 +20,14 @@ import keras
 from digits import events
 from digits.jobs import Job
 from train_service.options import TrainOptions
+from train_service.tasks import CLASSIFICATION_SCALE
 
 if TYPE_CHECKING:
     from train_service.trainer import Bridge
 
 log = logging.getLogger(__name__)
 
-SCALE = 1.0 / 255.0  # pixels (after mean subtraction) are scaled to about -1..1
+SCALE = CLASSIFICATION_SCALE  # classification pixels (after the mean) are scaled to about -1..1
 
 
 @dataclass
@@ -75,7 +76,7 @@ class TrainSession:
     def run(self) -> Result:
         """Train to the end (or the abort); a crash resumes from the last epoch's checkpoint."""
         from digits import dataset as datasets
-        from train_service import data
+        from train_service import data, tasks
 
         opts = self.options
         dataset_id = self.job.depends_on[0]
@@ -84,8 +85,9 @@ class TrainSession:
         )
         if opts.seed is not None:
             keras.utils.set_random_seed(opts.seed)
+        self.task = tasks.detect(dataset, opts.form)
         augment = data.Augment.from_form(opts.form)
-        common = {"mean": opts.use_mean, "crop_size": opts.crop_size, "scale": SCALE}
+        common = {"mean": self.task.mean, "crop_size": opts.crop_size, "scale": self.task.scale}
         train = data.ShardedDataset(
             dataset,
             "train_db",
@@ -124,7 +126,7 @@ class TrainSession:
         return Result(final, list(state.snapshots), dict(state.metrics), aborted)
 
     def _model(self, tmp: Path, dataset: Any, total_steps: int) -> tuple[Any, State]:
-        from train_service import data, lr_policy, networks, solvers
+        from train_service import data, lr_policy, networks, solvers, tasks
 
         opts = self.options
         checkpoint = tmp / "checkpoint.keras"
@@ -135,8 +137,9 @@ class TrainSession:
             state = State(**json.loads(state_path.read_text()))
             log.info("job %s resumes after epoch %d", self.job.id, state.epoch)
             return keras.models.load_model(checkpoint), state
+        task = self.task
         shape = data.input_shape(dataset, opts.crop_size)
-        classes = max(len(dataset.labels), 2)
+        classes = task.outputs
         if opts.method == "custom" and opts.custom_network_type == "python":
             model = networks.from_python(
                 opts.custom_network, shape, classes, allowed=opts.allow_python
@@ -146,16 +149,18 @@ class TrainSession:
         elif opts.method in ("previous", "pretrained") and self.previous is not None:
             model = keras.models.load_model(self.previous, compile=False)
         else:
-            model = networks.build_network(opts.network, shape, classes)
+            model = networks.build_network(task.network, shape, classes)
+        tasks.check_model(model, task)
         schedule = lr_policy.schedule_from_form(opts.form, total_steps)
         optimizer = solvers.make_optimizer(
             opts.solver, schedule, accumulation_steps=opts.batch_accumulation
         )
-        model.compile(
-            optimizer=optimizer,
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
+        if task.kind == "regression":
+            loss, metrics = keras.losses.MeanSquaredError(), ["mae"]
+        else:  # per image or, for segmentation, per pixel (accuracy is then pixel accuracy)
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            metrics = ["accuracy"]
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
         return model, State()
 
     def _write_info(self, model: Any, dataset: Any, state: State, epochs: float) -> None:
@@ -165,11 +170,15 @@ class TrainSession:
             "name": self.job.name,
             "dataset_id": self.job.depends_on[0],
             "dataset_manifest": self.manifest_url,
-            "network": opts.network if opts.method == "standard" else opts.method,
+            "network": self.task.network if opts.method == "standard" else opts.method,
+            "task": self.task.kind,
+            "outputs": self.task.outputs,
+            "label_shape": list(self.task.label_shape),
+            "feature_dtype": dataset.manifest.feature_dtype,
             "input_shape": list(model.input_shape[1:]),
             "labels": list(dataset.labels),
-            "mean": opts.use_mean,
-            "scale": SCALE,
+            "mean": self.task.mean,
+            "scale": self.task.scale,
             "crop_size": opts.crop_size,
             "epochs": epochs,
             "snapshots": state.snapshots,

@@ -16,7 +16,7 @@ NAME = "view"
 
 
 async def setup(rt: ServiceRuntime) -> None:
-    """Answer inference requests: classify one, classify many, top N."""
+    """Answer inference requests: classify one, classify many, top N, generic with views."""
     assert rt.jobs is not None
     settings = rt.settings
     store = store_from_settings(settings)

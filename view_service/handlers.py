@@ -10,7 +10,7 @@ from nats.aio.msg import Msg
 
 from digits import subjects
 from digits.utils.image import ImageError
-from view_service import classify
+from view_service import classify, generic
 from view_service.models import Deps, InferenceError
 
 MAX_REQUEST_BYTES = classify.MAX_TOTAL_BYTES + (1 << 20)  # the images plus the request's fields
@@ -20,6 +20,7 @@ ROUTES: dict[str, tuple[type, Callable[[Deps, Any], Awaitable[Any]]]] = {
     subjects.RPC_INFER_CLASSIFY: (classify.ClassifyOne, classify.classify_one),
     subjects.RPC_INFER_MANY: (classify.ClassifyMany, classify.classify_many),
     subjects.RPC_INFER_TOPN: (classify.TopN, classify.top_n),
+    subjects.RPC_INFER_GENERIC: (generic.InferGeneric, generic.infer_generic),
 }
 
 

@@ -82,8 +82,10 @@ class LoadedModel:
         scale: float = DEFAULT_SCALE,
         crop_size: int | None = None,
         dataset_id: str = "",
+        task: str = "classification",
     ) -> None:
         self.model, self.job_id, self.epoch, self.dataset_id = model, job_id, epoch, dataset_id
+        self.task = task  # classification, segmentation or regression (train_service.tasks)
         shape = tuple(model.input_shape[1:])
         self.input_shape: tuple[int | None, ...] = shape
         if resize is None:
@@ -126,11 +128,15 @@ class LoadedModel:
 
     def preprocess(self, image: bytes | str | os.PathLike[str]) -> np.ndarray:
         """Encoded image bytes (or a file) to a float32 HWC input; ImageError if unreadable."""
+        return self.prepare(self.feature(image))
+
+    def feature(self, image: bytes | str | os.PathLike[str]) -> np.ndarray:
+        """Encoded image bytes (or a file) resized as the dataset stored its features (uint8)."""
         r = self.resize
         pil = load_image(image, r.channels)
         raw = image if isinstance(image, bytes) else os.fspath(image).encode("utf-8", "replace")
         rng = np.random.default_rng(zlib.crc32(raw))  # "fill" noise: the same input, same noise
-        return self.prepare(resize_image(pil, r.height, r.width, r.channels, r.mode, rng=rng))
+        return resize_image(pil, r.height, r.width, r.channels, r.mode, rng=rng)
 
     def prepare(self, feature: np.ndarray) -> np.ndarray:
         """A resized HWC feature (as a dataset stores it) to an input: mean, centre crop, scale."""
@@ -160,6 +166,23 @@ class LoadedModel:
         out = run(x) if run is not None else self.model(x, training=False)
         out = _to_numpy(out).reshape(len(x), -1)
         return softmax(out) if self._softmax else out.astype(np.float32)
+
+    def predict_raw(self, batch: np.ndarray) -> np.ndarray:
+        """The network's first output for a batch, in its own shape (N, ...); blocking."""
+        x = np.asarray(batch, np.float32)
+        x = x[None] if x.ndim == 3 else x
+        if x.shape[1:] != self.sample_shape:
+            raise ValueError(f"batch of shape {x.shape} does not match inputs {self.sample_shape}")
+        self.calls += 1
+        run = getattr(self.model, "predict_on_batch", None)
+        out = run(x) if run is not None else self.model(x, training=False)
+        return _to_numpy(out).astype(np.float32, copy=False)
+
+    @property
+    def output_name(self) -> str:
+        """The name of the network's first output (the layer that gives it)."""
+        names = getattr(self.model, "output_names", None) or ["output"]
+        return str(names[0])
 
     def warm(self) -> None:
         """Trace the predict function for batches of one and of several (blocking)."""
@@ -306,6 +329,7 @@ class ModelCache:
             scale=float(info.get("scale", DEFAULT_SCALE)),
             crop_size=crop,
             dataset_id=dataset_id,
+            task=str(info.get("task") or "classification"),
         )
         await asyncio.to_thread(model.warm)
         return model

@@ -58,6 +58,7 @@ def test_registry_and_case_insensitive_lookup():
         "resnet18",
         "resnet50",
         "fcn",
+        "regression",
     }
     assert networks.build_network(" LeNet ", (28, 28, 1), 2).name == "lenet"
 

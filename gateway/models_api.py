@@ -1,0 +1,218 @@
+"""Model JSON routes beside the pages: generic model create, and the model archive download."""
+
+from __future__ import annotations
+
+import functools
+import math
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from flask import Blueprint, Response, abort, current_app, g, jsonify, request
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import HTTPException
+
+from digits.jobs import INITIALIZED, STATUS_NAMES, Job, JobNotFound
+from digits.store import Store, store_from_settings
+from gateway import model_submit
+from gateway.accounts import User
+from gateway.auth import authenticate, login_required
+from gateway.busclient import BusClient
+from gateway.forms import FormErrors
+
+bp = Blueprint("models_api", __name__)
+F = TypeVar("F", bound=Callable[..., Any])
+# Model files in the archive, as train_service/session.py stores them under models/<job>/.
+MODEL_FILES = ("info.json", "labels.txt", "network.json")
+MEAN_FILES = ("mean.npy", "mean.png")
+
+
+def _bus() -> BusClient:
+    from gateway.app import bus_of
+
+    return bus_of(current_app)
+
+
+def _store() -> Store:
+    """The artifact store, opened once per app (its calls run on the bus loop)."""
+    store = current_app.extensions.get("digits_store")
+    if store is None:
+        store = store_from_settings(current_app.config["SETTINGS"])
+        current_app.extensions["digits_store"] = store
+    return store
+
+
+def session_or_api_login(view: F) -> F:
+    """A page session (the download link) or HTTP Basic/Bearer (scripts) may call the view."""
+
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        from gateway.pages.common import session_user
+
+        user = session_user()
+        if user is None:
+            found = authenticate()
+            if not isinstance(found, User):
+                return found
+            user = found
+        g.user = user
+        return view(*args, **kwargs)
+
+    return wrapped  # type: ignore[return-value]
+
+
+@bp.errorhandler(HTTPException)
+def http_error(exc: HTTPException) -> ResponseReturnValue:
+    """Every error of these routes as JSON, with its HTTP code."""
+    return jsonify({"error": exc.description or exc.name}), exc.code or 500
+
+
+@bp.errorhandler(FormErrors)
+def form_errors(exc: FormErrors) -> ResponseReturnValue:
+    """Invalid form fields: 400 with the messages per field."""
+    return jsonify({"errors": exc.errors}), 400
+
+
+@bp.post("/models/images/generic.json")
+@login_required
+def create_generic() -> ResponseReturnValue:
+    """Check a generic model form (DIGITS's field names) and publish model.create."""
+    if request.is_json:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            abort(400, description="the JSON body must be an object of form fields")
+        form = {k: v if isinstance(v, str) else str(v) for k, v in body.items()}
+    else:
+        form = request.form.to_dict()
+    name, dataset, group, checked = model_submit.check(
+        form, model_submit.related_jobs(form), generic=True
+    )
+    job_id = model_submit.submit(name, dataset, group, checked, g.user.username)
+    return jsonify({"id": job_id, "name": name, "status": STATUS_NAMES[INITIALIZED]})
+
+
+def _model(job_id: str) -> Job:
+    client = _bus()
+    assert client.jobs is not None
+    try:
+        job = client.call(client.jobs.get(job_id))
+    except JobNotFound:
+        job = None
+    if job is None or job.type != "model":
+        abort(404, description=f"no model with id {job_id!r}")
+    return job
+
+
+def _epochs(job: Job) -> list[float]:
+    """The snapshots the request asks for: ``epoch`` (default the latest) or ``all``."""
+    snapshots = [float(s) for s in job.extra.get("snapshots") or []]
+    if not snapshots:
+        abort(404, description=f"model {job.id} has no snapshot yet")
+    if request.args.get("all") in ("1", "true", "on") or request.args.get("epoch") == "all":
+        return snapshots
+    text = (request.args.get("epoch") or "").strip()
+    if not text or text == "-1":
+        return snapshots[-1:]
+    try:
+        wanted = float(text)
+    except ValueError:
+        abort(400, description=f"epoch {text!r} is not a number (or 'all')")
+    found = [s for s in snapshots if math.isclose(s, wanted, abs_tol=5e-5)]
+    if not found:
+        shown = ", ".join(f"{s:g}" for s in snapshots)
+        abort(404, description=f"model {job.id} has no snapshot at epoch {text}; it has {shown}")
+    return found
+
+
+class _Chunks:
+    """A write-only file whose bytes are handed on as they come (tarfile's stream mode)."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        """Keep a chunk."""
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def drain(self) -> Iterator[bytes]:
+        """The chunks written since the last drain."""
+        parts, self.parts = self.parts, []
+        yield from parts
+
+
+def _entries(job: Job, epochs: list[float]) -> list[tuple[str, str]]:
+    """(name in the archive, store key) of every file that exists."""
+    client, store = _bus(), _store()
+    wanted = [(name, f"models/{job.id}/{name}") for name in MODEL_FILES]
+    wanted += [
+        (f"epoch-{e:g}.keras", f"models/{job.id}/snapshots/epoch-{e:g}.keras") for e in epochs
+    ]
+    if job.depends_on:
+        wanted += [(name, f"datasets/{job.depends_on[0]}/{name}") for name in MEAN_FILES]
+
+    async def existing() -> list[tuple[str, str]]:
+        return [(name, key) for name, key in wanted if await store.exists(key)]
+
+    found = client.call(existing(), timeout=60)
+    if not any(name.endswith(".keras") for name, _ in found):
+        abort(404, description=f"model {job.id}: the snapshot files are missing from the store")
+    return found
+
+
+@bp.get("/models/<job_id>/download")
+@session_or_api_login
+def download(job_id: str) -> ResponseReturnValue:
+    """The model archive (.tar.gz): snapshot(s), network.json, info.json, labels.txt, mean."""
+    job = _model(job_id)
+    epochs = _epochs(job)
+    entries = _entries(job, epochs)
+    client, store = _bus(), _store()
+
+    def generate() -> Iterator[bytes]:
+        out = _Chunks()
+        with tarfile.open(fileobj=out, mode="w|gz") as tar:  # type: ignore[call-overload]
+            for name, key in entries:
+                with tempfile.NamedTemporaryFile(prefix="digits-download-") as tmp:
+                    client.call(store.get_file(key, tmp.name), timeout=600)
+                    tar.add(tmp.name, arcname=name, recursive=False)
+                yield from out.drain()
+        yield from out.drain()
+
+    tag = "all" if len(epochs) > 1 else f"epoch_{epochs[0]:g}"
+    filename = f"{job.id}_{tag}.tar.gz"
+    return Response(
+        generate(),
+        mimetype="application/gzip",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+@bp.post("/models/images/generic/infer_one.json")
+@login_required
+def generic_infer_one() -> ResponseReturnValue:
+    """Run a generic model on one uploaded ``image_file``: its outputs, as DIGITS answered."""
+    from digits import subjects
+    from gateway.classify import MAX_IMAGE_BYTES, ONE_TIMEOUT_S, _epoch, _model_id, _request
+
+    form = request.form.to_dict()
+    upload = request.files.get("image_file")
+    if upload is None or not upload.filename:
+        raise FormErrors({"image_file": ["image_file is required (an uploaded image)"]})
+    image = upload.read(MAX_IMAGE_BYTES + 1)
+    if len(image) > MAX_IMAGE_BYTES:
+        raise FormErrors({"image_file": [f"image_file exceeds {MAX_IMAGE_BYTES} bytes"]})
+    payload: dict[str, Any] = {"job_id": _model_id(form), "epoch": _epoch(form), "images": [image]}
+    if form.get("view_extension"):
+        payload["view_extension"] = form["view_extension"]
+    reply = _request(subjects.RPC_INFER_GENERIC, payload, ONE_TIMEOUT_S)
+    outputs = reply.get("outputs") or [None]
+    return jsonify(
+        {
+            "outputs": outputs[0],
+            "task": reply.get("task"),
+            "job_id": reply.get("job_id"),
+            "snapshot_epoch": reply.get("epoch"),
+        }
+    )

@@ -1,0 +1,294 @@
+"""Model pages: New Model (classification and generic), the model page, its live partials."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, abort, g, jsonify, redirect, request, url_for
+from flask.typing import ResponseReturnValue
+
+from digits.jobs import INITIALIZED, STATUS_NAMES, TERMINAL, Job, JobNotFound
+from gateway import model_progress, model_submit
+from gateway.forms import LR_POLICIES, MEANS, NETWORKS, SOLVERS, FormErrors, redacted
+from gateway.pages.common import (
+    bus_client,
+    is_htmx,
+    job_store,
+    may_change,
+    page,
+    page_login_required,
+)
+from train_service.augment import FLIPS, QUAD_ROTS
+from train_service.lr_formula import DIGITS_FORM_DEFAULTS
+
+bp = Blueprint("models", __name__)
+
+# DIGITS's New Model defaults (digits/model/forms.py), by field name.
+DEFAULTS: dict[str, Any] = {
+    **DIGITS_FORM_DEFAULTS,
+    "method": "standard",
+    "standard_networks": "lenet",
+    "custom_network_type": "json",
+    "train_epochs": 30,
+    "snapshot_interval": 1,
+    "val_interval": 1,
+    "batch_accumulation": 1,
+    "solver_type": "SGD",
+    "use_mean": "image",
+    "shuffle": True,
+    "early_stopping": 0,
+    "aug_flip": "none",
+    "aug_quad_rot": "none",
+    "aug_rot": 0,
+    "aug_scale": 0,
+    "aug_noise": 0,
+    "aug_hsv_h": 0.02,
+    "aug_hsv_s": 0.04,
+    "aug_hsv_v": 0.06,
+}
+CHOICES = {
+    "networks": NETWORKS,
+    "solvers": SOLVERS,
+    "lr_policies": LR_POLICIES,
+    "means": MEANS,
+    "flips": FLIPS,
+    "quad_rots": QUAD_ROTS,
+}
+PREVIEW_SIZE = (320, 120)
+
+
+@bp.app_template_filter("model_time")
+def model_time(stamp: float) -> str:
+    """A Unix time as UTC ``YYYY-MM-DD HH:MM:SS``."""
+    return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _jobs() -> list[Job]:
+    return bus_client().call(job_store().list())
+
+
+def _form_context(generic: bool, values: dict[str, Any], errors: dict[str, list[str]]) -> dict:
+    """What the New Model form needs: the datasets and models to pick from, values, errors."""
+    everything = _jobs()
+    datasets = [
+        j
+        for j in everything
+        if j.type == "dataset" and generic != model_submit.is_classification(j)
+    ]
+    models = [j for j in everything if j.type == "model" and j.extra.get("snapshots")]
+    action = url_for("models.create_generic" if generic else "models.create_classification")
+    return {
+        "generic": generic,
+        "datasets": datasets,
+        "models": models,
+        "values": {**DEFAULTS, **values},
+        "errors": errors,
+        "action": action,
+        "choices": CHOICES,
+        "preview": _preview({**DEFAULTS, **values}),
+    }
+
+
+def _new(generic: bool) -> ResponseReturnValue:
+    values: dict[str, Any] = {}
+    clone = request.args.get("clone", "").strip()
+    if clone:
+        source = _job_or_404(clone)
+        values = {
+            **redacted(source.form),
+            "dataset": source.depends_on[0] if source.depends_on else "",
+        }
+        values["model_name"] = f"{source.name} (clone)"
+        values["group_name"] = source.group
+    if request.args.get("dataset"):
+        values["dataset"] = request.args["dataset"]
+    return page("models/new.html", "models/_form.html", **_form_context(generic, values, {}))
+
+
+@bp.get("/models/images/classification/new")
+@page_login_required
+def new_classification() -> ResponseReturnValue:
+    """The New Image Classification Model form (?dataset=<id> preselects, ?clone=<id> copies)."""
+    return _new(generic=False)
+
+
+@bp.get("/models/images/generic/new")
+@page_login_required
+def new_generic() -> ResponseReturnValue:
+    """The New Generic Image Model form, for datasets of the other extensions."""
+    return _new(generic=True)
+
+
+def _create(generic: bool) -> ResponseReturnValue:
+    posted = request.form.to_dict()
+    posted.pop("csrf_token", None)
+    try:
+        name, dataset, group, checked = model_submit.check(
+            posted, model_submit.related_jobs(posted), generic=generic
+        )
+    except FormErrors as exc:
+        context = _form_context(generic, posted, exc.errors)
+        return page("models/new.html", "models/_form.html", **context), 400
+    job_id = model_submit.submit(name, dataset, group, checked, g.user.username)
+    target = url_for("models.show", job_id=job_id)
+    if is_htmx():
+        return "", 204, {"HX-Redirect": target}
+    return redirect(target, 303)
+
+
+@bp.post("/models/images/classification")
+@page_login_required
+def create_classification() -> ResponseReturnValue:
+    """Check the form and publish model.create; on to the model page, or the form with errors."""
+    return _create(generic=False)
+
+
+@bp.post("/models/images/generic")
+@page_login_required
+def create_generic() -> ResponseReturnValue:
+    """Check the generic model form and publish model.create."""
+    return _create(generic=True)
+
+
+def _preview(values: dict[str, Any]) -> dict[str, Any]:
+    """The learning-rate preview's context: the SVG polyline, or the error naming the field."""
+    try:
+        curve = model_progress.lr_curve(values)
+    except ValueError as exc:
+        return {"error": str(exc)}
+    points, top = model_progress.svg_points(curve, *PREVIEW_SIZE)
+    return {
+        "points": points,
+        "top": top,
+        "end": curve[-1][1],
+        "width": PREVIEW_SIZE[0],
+        "height": PREVIEW_SIZE[1],
+        "policy": values.get("lr_policy") or DEFAULTS["lr_policy"],
+    }
+
+
+@bp.get("/models/lr_preview")
+@page_login_required
+def lr_preview() -> ResponseReturnValue:
+    """The learning-rate curve of the policy fields in the query (an SVG partial)."""
+    values = {k: v for k, v in request.args.items() if v.strip()}
+    preview = _preview({**DEFAULTS, **values})
+    html = page("models/lr_preview.html", "models/_lr_preview.html", preview=preview)
+    return (html, 400) if "error" in preview else html
+
+
+def _find(job_id: str) -> tuple[Job | None, bool]:
+    """(the model job, whether it is only pending), None when there is no such model."""
+    try:
+        job = bus_client().call(job_store().get(job_id))
+    except JobNotFound:
+        from gateway.api import _pending
+
+        summary = _pending().get(job_id)
+        if summary is None or summary.get("type") != "model":
+            return None, False
+        job = Job(
+            id=job_id,
+            type="model",
+            name=summary["name"],
+            owner=summary.get("owner", ""),
+            group=summary.get("group", ""),
+            status=INITIALIZED,
+        )
+        return job, True
+    return (job, False) if job.type == "model" else (None, False)
+
+
+def _job_or_404(job_id: str) -> Job:
+    job, _ = _find(job_id)
+    if job is None:
+        abort(404, description=f"no model with id {job_id!r}")
+    return job
+
+
+def _status_context(job: Job, pending: bool) -> dict[str, Any]:
+    client = bus_client()
+    assert client.nc is not None
+    last = None if pending else client.call(model_progress.last(client.nc.jetstream(), job.id))
+    epochs = float(job.form.get("train_epochs") or DEFAULTS["train_epochs"])
+    epoch = last.epoch if last else 0.0
+    done = job.status in TERMINAL
+    return {
+        "job": job,
+        "pending": pending,
+        "running": not done,
+        "epoch": epoch,
+        "train_epochs": epochs,
+        "progress": 1.0 if job.status_name == "Done" else min(epoch / epochs, 1.0),
+        "metrics": dict(last.metrics) if last else {},
+        "snapshots": [float(s) for s in job.extra.get("snapshots") or []],
+        "may_change": may_change(job.owner),
+        "status_names": STATUS_NAMES,
+    }
+
+
+@bp.get("/models/<job_id>")
+@page_login_required
+def show(job_id: str) -> ResponseReturnValue:
+    """The model page: status, graphs, snapshots, classify forms, download, job actions."""
+    job, pending = _find(job_id)
+    if job is None:
+        abort(404, description=f"no model with id {job_id!r}")
+    dataset = None
+    if job.depends_on:
+        try:
+            dataset = bus_client().call(job_store().get(job.depends_on[0]))
+        except JobNotFound:
+            dataset = None
+    context = _status_context(job, pending)
+    return page(
+        "models/show.html",
+        "models/_status.html",
+        dataset=dataset,
+        options=redacted(job.form),
+        **context,
+    )
+
+
+@bp.get("/models/<job_id>/status")
+@page_login_required
+def status(job_id: str) -> ResponseReturnValue:
+    """The status partial: polls itself every second while the job runs, then stops."""
+    job, pending = _find(job_id)
+    if job is None:
+        abort(404, description=f"no model with id {job_id!r}")
+    context = _status_context(job, pending)
+    # The last poll (the job just ended) also refreshes the snapshot menus, out of band.
+    return page("models/status.html", "models/_status.html", oob=is_htmx(), **context)
+
+
+@bp.get("/models/<job_id>/progress.json")
+@page_login_required
+def progress(job_id: str) -> ResponseReturnValue:
+    """Training points after stream sequence ``after``: what the graphs append."""
+    job, pending = _find(job_id)
+    if job is None:
+        abort(404, description=f"no model with id {job_id!r}")
+    text = request.args.get("after", "0")
+    try:
+        after = int(text)
+    except ValueError:
+        return jsonify({"error": f"after {text!r} is not an integer (a stream sequence)"}), 400
+    client = bus_client()
+    assert client.nc is not None
+    points, seq, more = [], after, False
+    if not pending:
+        points, seq, more = client.call(
+            model_progress.read(client.nc.jetstream(), job.id, max(after, 0)), timeout=30
+        )
+    return jsonify(
+        {
+            "job_id": job.id,
+            "status": job.status_name,
+            "done": job.status in TERMINAL and not more,
+            "seq": seq,
+            "more": more,
+            "points": points,
+        }
+    )
