@@ -26,7 +26,14 @@ from digits.secrets import SECRET_FIELDS, SecretBox, SecretStore, seal_form
 from gateway.accounts import AccountError
 from gateway.auth import accounts_of, current_user, login_required
 from gateway.busclient import BusClient
-from gateway.forms import FormErrors, dataset_form, model_form, redacted
+from gateway.forms import (
+    FormErrors,
+    dataset_form,
+    model_form,
+    plugin_dataset_form,
+    plugin_form,
+    redacted,
+)
 
 bp = Blueprint("api", __name__)
 PENDING_S = 300.0  # how long a job this gateway submitted is "Initialized" before it is stored
@@ -228,6 +235,39 @@ def create_dataset() -> ResponseReturnValue:
     summary = {"id": job_id, "name": name, "status": STATUS_NAMES[INITIALIZED]}
     _pending().add(job_id, summary | {"type": "dataset", "owner": owner, "group": group})
     return jsonify(summary)  # 200, as DIGITS answered
+
+
+@bp.post("/datasets/generic/create/<extension_id>.json")
+@login_required
+def create_generic_dataset(extension_id: str) -> ResponseReturnValue:
+    """Check a data plugin's form and publish dataset.create with its data; the new job's id."""
+    from werkzeug.datastructures import CombinedMultiDict, MultiDict
+
+    from digits.extensions.data import UnknownExtension, get_extension
+
+    try:
+        extension = get_extension(extension_id)
+    except UnknownExtension as exc:
+        abort(404, description=str(exc))
+    fields = MultiDict(_form_data())
+    form = plugin_form(extension, CombinedMultiDict([fields, request.files]))
+    name, group, checked = plugin_dataset_form(form, fields)
+    job_id = new_job_id()
+    owner = current_user().username
+    sealed = _sealed(checked, owner)
+    _publish(
+        events.DatasetCreate(
+            name=name,
+            extension=extension_id,
+            form=sealed,
+            group=group,
+            owner=owner,
+            job_id=job_id,
+        )
+    )
+    summary = {"id": job_id, "name": name, "status": STATUS_NAMES[INITIALIZED]}
+    _pending().add(job_id, summary | {"type": "dataset", "owner": owner, "group": group})
+    return jsonify(summary)
 
 
 @bp.get("/datasets/<job_id>.json")

@@ -187,3 +187,53 @@ def model_form(form: Mapping[str, Any]) -> tuple[str, str, str, dict[str, Any]]:
 def redacted(form: Mapping[str, Any]) -> dict[str, Any]:
     """A form without credentials or references to them: safe to answer with."""
     return {k: v for k, v in form.items() if k not in SECRET_FIELDS and k != "secret_ref"}
+
+
+def plugin_form(extension: Any, formdata: Any = None, data: Mapping[str, Any] | None = None) -> Any:
+    """The data plugin's Flask-WTF form bound to ``formdata`` (or filled with ``data``).
+
+    The page's CSRF check is the app's (CSRFProtect) and the JSON API has none, so the form's
+    own CSRF field is turned off.
+    """
+    form_class = type(extension.get_dataset_form())
+    form = form_class(formdata=formdata, meta={"csrf": False})
+    if data is not None and formdata is None:
+        form.process(data=redacted(data))
+    return form
+
+
+def _plain(value: Any) -> Any:
+    """A form value as something msgpack carries (an upload becomes its text)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    read = getattr(value, "read", None)
+    if callable(read):  # a FileStorage
+        return read().decode("utf-8", "replace")
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    try:
+        return float(value)  # Decimal
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def plugin_dataset_form(form: Any, own: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """Validate a plugin's form: (name, group, its data for dataset.create), or FormErrors."""
+    errors: dict[str, list[str]] = {}
+    name = str(own.get("dataset_name") or "").strip()
+    if not name:
+        errors["dataset_name"] = ["dataset_name is required"]
+    if not form.validate():
+        for field in form:
+            for message in field.errors if isinstance(field.errors, list) else []:
+                shown = field.data if isinstance(field.data, str | int | float) else None
+                value = f" (got {shown!r})" if shown not in (None, "") else ""
+                errors.setdefault(field.name, []).append(f"{field.name}: {message}{value}")
+    if errors:
+        raise FormErrors(errors)
+    data = {k: _plain(v) for k, v in form.data.items() if k not in _OWN}
+    return name, str(own.get("group_name") or "").strip(), data

@@ -1,0 +1,213 @@
+"""Gateway benchmark: the home page and a job-status partial against a trivial route, side by side.
+
+Run as ``python bench/gateway.py [--clients 50] [--jobs 100] [--seconds 5] [--quick]``. It starts
+its own nats-server, stores ``--jobs`` job records, serves the gateway with waitress in a thread
+(as ``python -m gateway`` does) and drives it from a separate load process with ``--clients``
+concurrent keep-alive clients (aiohttp), so the load generator does not share the server's GIL.
+The baseline is ``/healthz`` on the same server: the ratio shows what a page itself costs.
+Readable lines go to stderr; the last line on stdout is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from http.cookiejar import CookieJar
+from pathlib import Path
+from typing import Any
+
+# Run as a script, this file's folder comes first on sys.path and "gateway" would be this file.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+from digits import jobs  # noqa: E402
+from digits.config import Settings  # noqa: E402
+from digits.natsserver import NatsServer, free_port  # noqa: E402
+
+PASSWORD = "bench-password-1"
+Targets = list[tuple[str, str, dict[str, str]]]
+
+
+def say(text: str) -> None:
+    """Print one human-readable line to stderr."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def percentile(values: list[float], pct: int) -> float:
+    """The ``pct``-th percentile of ``values`` (inclusive method)."""
+    return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
+
+
+def populate(bus_client: Any, count: int) -> str:
+    """Store ``count`` jobs: datasets in groups (a tenth running) and models; a running dataset."""
+    store = bus_client.jobs
+    running_id = ""
+    datasets: list[str] = []
+    for i in range(count):
+        is_model = i % 5 == 4 and datasets
+        status = jobs.RUNNING if i % 10 == 0 else jobs.DONE
+        job = jobs.Job(
+            id=f"20260101-{i:06d}-beef",
+            type="model" if is_model else "dataset",
+            name=f"{'model' if is_model else 'dataset'}-{i}",
+            group=f"group-{i % 4}" if i % 3 else "",
+            owner="admin",
+            status=status,
+            depends_on=[datasets[-1]] if is_model else [],
+            form={"train_epochs": 10} if is_model else {"method": "folder", "folder_train": "/d"},
+            extra={"labels": ["a", "b"]},
+        )
+        bus_client.call(store.create(job))
+        if not is_model:
+            datasets.append(job.id)
+            for stage in ("Parse Folder (train/val)", "Create DB (train)", "Create DB (val)"):
+                change = {"status": status, "progress": 0.5 if status == jobs.RUNNING else 1.0}
+                bus_client.call(store.update_stage(job.id, stage, **change))
+            running_id = running_id or (job.id if status == jobs.RUNNING else "")
+    return running_id
+
+
+def login(base: str) -> str:
+    """Log in through the form; the session cookie header to send."""
+    jar = CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    html = opener.open(f"{base}/login").read().decode()
+    token = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert token, "no CSRF token on the login page"
+    form = {"username": "admin", "password": PASSWORD, "csrf_token": token.group(1)}
+    opener.open(f"{base}/login", urllib.parse.urlencode(form).encode()).read()
+    return "; ".join(f"{c.name}={c.value}" for c in jar)
+
+
+async def _drive(url: str, headers: dict[str, str], clients: int, seconds: float) -> dict:
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            async with session.get(url, headers=headers, allow_redirects=False) as r:
+                await r.read()
+                if r.status != 200:
+                    errors += 1
+            latencies.append(time.perf_counter() - start)
+
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(client(session) for _ in range(clients)))
+    return {"latencies": latencies, "errors": errors, "seconds": seconds}
+
+
+def _load(url: str, headers: dict[str, str], clients: int, seconds: float, out: Any) -> None:
+    """The load process: ``clients`` concurrent keep-alive clients for ``seconds``."""
+    asyncio.run(_drive(url, headers, 5, 0.5))  # warm-up
+    out.put(asyncio.run(_drive(url, headers, clients, seconds)))
+
+
+def measure(url: str, headers: dict[str, str], clients: int, seconds: float) -> dict[str, Any]:
+    """Requests per second and latency percentiles of GET ``url``."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_load, args=(url, headers, clients, seconds, queue))
+    proc.start()
+    found = queue.get(timeout=seconds + 120)
+    proc.join(30)
+    lat = sorted(found["latencies"])
+    return {
+        "requests": len(lat),
+        "errors": found["errors"],
+        "rps": round(len(lat) / found["seconds"], 1),
+        "p50_ms": round(1000 * percentile(lat, 50), 1),
+        "p99_ms": round(1000 * percentile(lat, 99), 1),
+    }
+
+
+def run(clients: int, count: int, seconds: float) -> dict[str, Any]:
+    """Start everything, measure the baseline and the two pages, stop everything."""
+    from waitress.server import create_server
+
+    from gateway.app import bus_of, create_app
+
+    with tempfile.TemporaryDirectory(prefix="digits-bench-gw-") as tmp:
+        server = NatsServer(Path(tmp) / "js").start()
+        try:
+            env = {"DIGITS_NATS_URL": server.url, "DIGITS_DATA_DIR": str(Path(tmp) / "data")}
+            app = create_app({"SETTINGS": Settings.from_env(env), "ADMIN_PASSWORD": PASSWORD})
+            bus_client = bus_of(app)
+            running = populate(bus_client, count)
+            port = free_port()
+            http = create_server(app, host="127.0.0.1", port=port, threads=8)
+            thread = threading.Thread(target=http.run, daemon=True)
+            thread.start()
+            base = f"http://127.0.0.1:{port}"
+            cookie = {"Cookie": login(base)}
+            targets: Targets = [
+                ("baseline_healthz", "/healthz", {}),
+                ("home_page", "/", cookie),
+                ("status_partial", f"/datasets/{running}/status", {**cookie, "HX-Request": "true"}),
+            ]
+            result: dict[str, Any] = {}
+            for name, path, headers in targets:
+                result[name] = measure(base + path, headers, clients, seconds)
+                say(f"{name:18s} {result[name]}")
+            http.close()
+            bus_client.close()
+        finally:
+            server.stop()
+    base_rps = result["baseline_healthz"]["rps"] or 1.0
+    for name in ("home_page", "status_partial"):
+        result[name]["rps_vs_baseline"] = round(result[name]["rps"] / base_rps, 3)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the benchmark, print the JSON line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=50, help="concurrent clients")
+    parser.add_argument("--jobs", type=int, default=100, help="job records in the store")
+    parser.add_argument("--seconds", type=float, default=None, help="measured seconds per route")
+    parser.add_argument("--quick", action="store_true", help="2 s per route")
+    args = parser.parse_args(argv)
+    seconds = args.seconds or (2.0 if args.quick else 5.0)
+    if args.clients < 1 or args.jobs < 10 or seconds <= 0:
+        parser.error("--clients must be at least 1, --jobs at least 10, --seconds positive")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # 50 clients queue by design
+    started = time.perf_counter()
+    figures = run(args.clients, args.jobs, seconds)
+    result = {
+        "bench": "gateway",
+        "clients": args.clients,
+        "jobs": args.jobs,
+        "seconds_per_route": seconds,
+        "server": "waitress, 8 threads",
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        **figures,
+        "elapsed_s": round(time.perf_counter() - started, 1),
+    }
+    say(f"done in {result['elapsed_s']} s")
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
