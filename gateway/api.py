@@ -210,7 +210,8 @@ def bus_timeout(exc: TimeoutError) -> ResponseReturnValue:
 @login_required
 def index() -> ResponseReturnValue:
     """Every dataset and model job, newest first, as DIGITS's home page JSON."""
-    found = _bus().call(_jobs().list())
+    _jobs()  # 503 while not connected
+    found = _bus().list_jobs()
     return jsonify(
         {
             "datasets": [_summary(j) for j in found if j.type == "dataset"],

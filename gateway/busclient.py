@@ -18,7 +18,8 @@ from nats.aio.msg import Msg
 
 from digits import bus, events, subjects
 from digits.config import Settings
-from digits.jobs import JobStore
+from digits.jobs import Job, JobStore
+from gateway.jobcache import JobCache
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class BusClient:
         self.loop = asyncio.new_event_loop()
         self.nc: NATS | None = None
         self.jobs: JobStore | None = None
+        self.job_cache: JobCache | None = None
         self.started_at = time.time()
         self._seen: dict[tuple[str, str], tuple[float, events.Heartbeat]] = {}
         self._lock = threading.Lock()
@@ -68,6 +70,7 @@ class BusClient:
         await bus.ensure_streams(js, self.settings.replicas)
         kv = await bus.ensure_kv(js, self.settings.replicas)
         self.jobs = JobStore(js, kv[subjects.KV_JOBS])
+        self.job_cache = await JobCache(kv[subjects.KV_JOBS]).start()
         await self.nc.subscribe(f"{subjects.HEARTBEAT}.>", cb=self._on_heartbeat)
 
     async def _on_heartbeat(self, msg: Msg) -> None:
@@ -87,6 +90,12 @@ class BusClient:
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise TimeoutError(f"bus call timed out after {timeout}s") from None
+
+    def list_jobs(self) -> list[Job]:
+        """Every job, newest first: from the watched cache, else read from the bucket."""
+        assert self.jobs is not None
+        found = self.call(self.job_cache.list()) if self.job_cache is not None else None
+        return found if found is not None else self.call(self.jobs.list())
 
     @property
     def connected(self) -> bool:
@@ -148,6 +157,8 @@ class BusClient:
             return
 
         async def _close() -> None:
+            if self.job_cache is not None:
+                await self.job_cache.stop()
             if self.nc is not None and not self.nc.is_closed:
                 try:
                     await asyncio.wait_for(self.nc.drain(), 5)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -33,25 +32,9 @@ def find_job(job_id: str, kind: str | None = None) -> Job:
 
 
 def all_jobs() -> list[Job]:
-    """Every job, newest first (the records are read concurrently, not one by one)."""
-    store = job_store()
-
-    async def read() -> list[Job]:
-        try:
-            keys = await store.kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
-
-        async def one(key: str) -> Job | None:
-            try:
-                return await store.get(key)
-            except JobNotFound:
-                return None
-
-        found = [j for j in await asyncio.gather(*(one(k) for k in keys)) if j is not None]
-        return sorted(found, key=lambda j: j.created_at, reverse=True)
-
-    return bus_client().call(read())
+    """Every job, newest first (from the gateway's watched job cache)."""
+    job_store()  # 503 while not connected
+    return bus_client().list_jobs()
 
 
 def dependents(job_id: str) -> list[Job]:
