@@ -265,3 +265,14 @@ def test_every_variable_the_guide_names_is_read_by_the_code() -> None:
             assert name in sources or name.lower().removeprefix("digits_") in sources, (
                 f"docs/guide/{page} names {name}, which no service reads"
             )
+
+
+def test_the_guide_shows_exactly_the_browser_tests_screenshots() -> None:
+    from tests.e2e.test_browser import GUIDE_IMAGES, STEPS
+
+    images = sorted(p.stem for p in GUIDE_IMAGES.glob("*.png"))
+    assert images == sorted(STEPS), "refresh with DIGITS_UPDATE_GUIDE_IMAGES=1 and the browser test"
+    referenced = set(
+        re.findall(r"\(img/([\w-]+)\.png\)", "".join(p.read_text() for p in GUIDE.glob("*.md")))
+    )
+    assert referenced == set(STEPS)

@@ -2,7 +2,8 @@
 
 Log in, create a classification dataset from a folder, watch it finish, create a LeNet model on
 it, watch the loss graph grow while it trains, classify an uploaded image and read the label.
-Each step leaves a screenshot in ``$DIGITS_TEST_ARTIFACTS`` (default ``test-artifacts/``).
+Each step leaves a screenshot in ``$DIGITS_TEST_ARTIFACTS`` (default ``test-artifacts/``); with
+``DIGITS_UPDATE_GUIDE_IMAGES=1`` they also replace the user guide's ``docs/guide/img/``.
 """
 
 from __future__ import annotations
@@ -111,9 +112,23 @@ def first_train_image(images: Path) -> tuple[Path, str]:
     return sorted(folder.iterdir())[0], folder.name
 
 
+STEPS = (
+    "01-login",
+    "02-new-dataset",
+    "03-dataset-done",
+    "04-new-model",
+    "05-training",
+    "06-classify",
+)
+GUIDE_IMAGES = ROOT / "docs" / "guide" / "img"
+
+
 def shot(page, artifacts: Path, name: str) -> None:
-    """A full-page screenshot of this step."""
+    """A full-page screenshot of this step (and the guide's copy, when asked to update it)."""
+    assert name in STEPS
     page.screenshot(path=str(artifacts / f"{name}.png"), full_page=True)
+    if os.environ.get("DIGITS_UPDATE_GUIDE_IMAGES"):
+        shutil.copyfile(artifacts / f"{name}.png", GUIDE_IMAGES / f"{name}.png")
 
 
 def status_of(page, selector: str) -> str:
