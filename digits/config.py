@@ -48,6 +48,7 @@ class Settings:
     watch_interval_s: float = 5.0
     log_level: str = "INFO"
     allow_python_networks: bool = False
+    train_gpus: tuple[int, ...] = ()  # GPUs a training worker may use; empty: all it has
 
     def __post_init__(self) -> None:
         if not self.store_url:
@@ -117,6 +118,8 @@ class Settings:
             kw["allow_python_networks"] = _bool(
                 "DIGITS_ALLOW_PYTHON_NETWORKS", get("DIGITS_ALLOW_PYTHON_NETWORKS", "")
             )
+        if get("DIGITS_TRAIN_GPUS", "").strip():
+            kw["train_gpus"] = _indexes("DIGITS_TRAIN_GPUS", get("DIGITS_TRAIN_GPUS", ""))
         kw.update(overrides)
         known = {f.name for f in fields(cls)}
         unknown = set(kw) - known
@@ -164,6 +167,8 @@ class Settings:
             env["DIGITS_DATA_ROOTS"] = os.pathsep.join(self.data_roots)
         if self.allow_python_networks:
             env["DIGITS_ALLOW_PYTHON_NETWORKS"] = "1"
+        if self.train_gpus:
+            env["DIGITS_TRAIN_GPUS"] = ",".join(str(i) for i in self.train_gpus)
         return env
 
 
@@ -218,6 +223,19 @@ def _float(var: str, value: str, lo: float, hi: float) -> float:
     if not lo <= number <= hi:
         raise ConfigError(f"{var}={value!r} is out of range; expected {lo}..{hi}")
     return number
+
+
+def _indexes(var: str, value: str) -> tuple[int, ...]:
+    found: list[int] = []
+    for part in value.split(","):
+        text = part.strip()
+        if not text.isdigit():
+            raise ConfigError(
+                f"{var}={value!r}: {text!r} is not a GPU index; expected indexes like 0,1"
+            )
+        if int(text) not in found:
+            found.append(int(text))
+    return tuple(found)
 
 
 def _bool(var: str, value: str) -> bool:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 from digits import subjects
 from digits.service import ServiceRuntime, main
 from digits.store import store_from_settings
+from train_service import devices
 from train_service.scheduler import Scheduler
 from train_service.trainer import Trainer
 
@@ -16,6 +18,8 @@ NAME = "train"
 async def setup(rt: ServiceRuntime) -> None:
     """Register this service's consumers: model commands, dataset outcomes, training work."""
     assert rt.js is not None and rt.jobs is not None
+    # Before anything else touches TensorFlow: it fixes its devices when it first uses them.
+    await asyncio.to_thread(devices.configure, rt.settings)
     store = store_from_settings(rt.settings)
     rt.defer(store.close)
     scheduler = Scheduler(rt.js, rt.jobs)
@@ -27,4 +31,9 @@ async def setup(rt: ServiceRuntime) -> None:
 
 
 if __name__ == "__main__":
+    try:
+        devices.cpu_devices_from_env()
+    except ValueError as exc:
+        print(f"{NAME}: configuration error: {exc}", flush=True)
+        sys.exit(2)
     sys.exit(main(NAME, setup))

@@ -33,6 +33,41 @@ def _bool(form: dict[str, Any], name: str, default: bool) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on", "y")
 
 
+def _gpus(value: Any) -> tuple[int, ...]:
+    """``select_gpus``: comma-separated indexes (or a list of them, as a multi-select sends)."""
+    if value is None or value == "":
+        return ()
+    parts = value if isinstance(value, list | tuple) else str(value).split(",")
+    found: list[int] = []
+    for part in parts:
+        text = str(part).strip()
+        if not text:
+            continue
+        if not text.isdigit():
+            raise ValueError(
+                f"select_gpus {value!r}: {text!r} is not a GPU index; expected indexes like 0,1"
+            )
+        if int(text) not in found:
+            found.append(int(text))
+    return tuple(found)
+
+
+def _archive_key(form: dict[str, Any]) -> str | None:
+    """``pretrained_archive``: a relative key of the artifact store (an upload), or None."""
+    from digits.store import check_key
+
+    key = str(form.get("pretrained_archive") or "").strip()
+    if not key:
+        return None
+    try:
+        return check_key(key)
+    except ValueError:
+        raise ValueError(
+            f"pretrained_archive {key!r} is not a store key; expected a relative key "
+            "like 'uploads/pretrained/<id>.tar.gz'"
+        ) from None
+
+
 @dataclass(frozen=True)
 class TrainOptions:
     """What a training run needs from the form, with DIGITS's defaults."""
@@ -55,7 +90,9 @@ class TrainOptions:
     use_mean: str = "image"
     crop_size: int | None = None
     early_stopping: int = 0
-    gpus: str = ""
+    gpus: tuple[int, ...] = ()
+    gpu_count: int | None = None
+    pretrained_archive: str | None = None
     form: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -74,8 +111,14 @@ class TrainOptions:
         if method == "custom" and not str(form.get("custom_network") or "").strip():
             raise ValueError("custom_network is empty: paste a Keras model JSON")
         previous = str(form.get("previous_networks") or "") or None
-        if method in ("previous", "pretrained") and not previous:
-            raise ValueError(f"method {method!r} needs previous_networks (a model job id)")
+        archive = _archive_key(form) if method == "pretrained" else None
+        if method == "previous" and not previous:
+            raise ValueError("method 'previous' needs previous_networks (a model job id)")
+        if method == "pretrained" and not (previous or archive):
+            raise ValueError(
+                "method 'pretrained' needs previous_networks (a model job id) "
+                "or pretrained_archive (an uploaded model archive)"
+            )
         previous_epoch = form.get("previous_network_snapshot")
         crop = _num(form, "crop_size", None, int, 1, 8192)
         seed = _num(form, "random_seed", None, int, 0, 2**31 - 1)
@@ -85,7 +128,7 @@ class TrainOptions:
             custom_network=str(form.get("custom_network") or ""),
             custom_network_type=kind,
             allow_python=bool(settings and settings.allow_python_networks),
-            previous_job=previous if method in ("previous", "pretrained") else None,
+            previous_job=previous if method in ("previous", "pretrained") and not archive else None,
             previous_epoch=float(previous_epoch) if previous_epoch not in (None, "") else None,
             epochs=_num(form, "train_epochs", 30.0, float, 0.01, 100000),
             batch_size=_num(form, "batch_size", 64, int, 1, 65536),
@@ -98,6 +141,8 @@ class TrainOptions:
             use_mean=use_mean,
             crop_size=crop,
             early_stopping=_num(form, "early_stopping", 0, int, 0, 100000),
-            gpus=str(form.get("select_gpus") or ""),
+            gpus=_gpus(form.get("select_gpus")),
+            gpu_count=_num(form, "select_gpu_count", None, int, 1, 1024),
+            pretrained_archive=archive,
             form=dict(form),
         )

@@ -19,6 +19,7 @@ import keras
 
 from digits import events
 from digits.jobs import Job
+from train_service.devices import Plan
 from train_service.options import TrainOptions
 from train_service.tasks import CLASSIFICATION_SCALE
 
@@ -64,6 +65,7 @@ class TrainSession:
         stop: threading.Event,
         cache_dir: Path,
         previous: Path | None = None,
+        plan: Plan | None = None,
     ) -> None:
         self.job = job
         self.options = options
@@ -72,11 +74,13 @@ class TrainSession:
         self.stop = stop
         self.cache_dir = cache_dir
         self.previous = previous
+        self.plan = plan or Plan((), (), explicit=False)
+        self.replaced_head: str | None = None
 
     def run(self) -> Result:
         """Train to the end (or the abort); a crash resumes from the last epoch's checkpoint."""
         from digits import dataset as datasets
-        from train_service import data, tasks
+        from train_service import data, devices, tasks
 
         opts = self.options
         dataset_id = self.job.depends_on[0]
@@ -105,8 +109,12 @@ class TrainSession:
             )
         steps_per_epoch = len(train)
         total_steps = max(1, math.ceil(opts.epochs * steps_per_epoch))
+        strategy = devices.strategy(self.plan)
+        self.replicas = int(strategy.num_replicas_in_sync)
+        self.bridge.record(devices=list(self.plan.names), num_replicas_in_sync=self.replicas)
         with tempfile.TemporaryDirectory(prefix="digits-train-") as tmp:
-            model, state = self._model(Path(tmp), dataset, total_steps)
+            with strategy.scope():  # variables (model and optimizer) live on the chosen devices
+                model, state = self._model(Path(tmp), dataset, total_steps)
             callback = Reporter(self, Path(tmp), steps_per_epoch, total_steps, val, state)
             if state.epoch * steps_per_epoch < total_steps:
                 train.set_epoch(state.epoch)  # a resumed run sees the same order as an unbroken one
@@ -147,7 +155,11 @@ class TrainSession:
         elif opts.method == "custom":
             model = networks.from_json(opts.custom_network)
         elif opts.method in ("previous", "pretrained") and self.previous is not None:
+            from train_service import finetune
+
             model = keras.models.load_model(self.previous, compile=False)
+            finetune.check_inputs(model, shape)
+            model, self.replaced_head = finetune.replace_head(model, classes)
         else:
             model = networks.build_network(task.network, shape, classes)
         tasks.check_model(model, task)
@@ -183,7 +195,16 @@ class TrainSession:
             "epochs": epochs,
             "snapshots": state.snapshots,
             "metrics": state.metrics,
+            "devices": list(self.plan.names),
+            "num_replicas_in_sync": self.replicas,
         }
+        if opts.method in ("previous", "pretrained"):
+            info["started_from"] = {
+                "model": opts.previous_job,
+                "archive": opts.pretrained_archive,
+                "snapshot": self.previous.name if self.previous else None,
+                "replaced_head": self.replaced_head,
+            }
         self.bridge.put_bytes("info.json", json.dumps(info, indent=2).encode())
         self.bridge.put_bytes("network.json", model.to_json().encode())
         self.bridge.put_bytes("labels.txt", "\n".join(dataset.labels).encode())

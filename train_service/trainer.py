@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from digits import bus, events, jobs
 from digits.config import Settings
 from digits.jobs import Job, JobNotFound, JobStore
 from digits.store import Store
+from train_service import archive, devices
 from train_service.options import TrainOptions
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,12 @@ class Trainer:
             dataset = await self.jobs.get(job.depends_on[0])
             manifest_url = dataset.extra["manifest_url"]
             options = TrainOptions.from_form(job.form, self.settings)
+            table = await asyncio.to_thread(devices.configure, self.settings)
+            plan = devices.plan(options.gpus, options.gpu_count, table)
+            devices.check_batch(plan, options.batch_size, options.batch_accumulation)
+            previous = await self._previous(options)
+            if options.pretrained_archive:
+                previous = await self._pretrained(job.id, options)
         except (JobNotFound, KeyError, IndexError, ValueError) as exc:
             await self.jobs.set_status(job.id, jobs.ERROR, f"cannot train: {exc}")
             return
@@ -68,7 +76,8 @@ class Trainer:
             bridge=Bridge(self, job.id, loop),
             stop=stop,
             cache_dir=Path(self.settings.data_dir, "cache"),
-            previous=await self._previous(options),
+            previous=previous,
+            plan=plan,
         )
         try:
             result = await asyncio.to_thread(session.run)
@@ -86,6 +95,8 @@ class Trainer:
         finally:
             watch.cancel()
             hardware.cancel()
+            if options.pretrained_archive:
+                shutil.rmtree(Path(self.settings.data_dir, "cache", "pretrained", job.id), True)
         if result.aborted:
             return  # the abort command already set Aborted; the snapshots stay
         await self.jobs.update(job.id, lambda j: _with(j, final_metrics=result.metrics))
@@ -114,6 +125,26 @@ class Trainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         await self.store.get_file(model_key(previous.id, "snapshots", path.name), path)
         return path
+
+    async def _pretrained(self, job_id: str, options: TrainOptions) -> Path:
+        """Fetch an uploaded model archive, check it, and take out the snapshot to start from."""
+        key = options.pretrained_archive or ""
+        folder = Path(self.settings.data_dir, "cache", "pretrained", job_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "archive.tar.gz"
+        try:
+            await self.store.get_file(key, path)
+            return await asyncio.to_thread(
+                archive.extract_snapshot, path, folder, options.previous_epoch
+            )
+        except KeyError:
+            shutil.rmtree(folder, True)
+            raise ValueError(f"pretrained_archive {key!r} is not in the artifact store") from None
+        except archive.ArchiveError as exc:
+            shutil.rmtree(folder, True)
+            raise ValueError(f"pretrained_archive {key!r}: {exc}") from None
+        finally:
+            path.unlink(missing_ok=True)
 
     async def _watch_abort(self, job_id: str, stop: threading.Event) -> None:
         # Abort stops at the next batch: the training thread checks ``stop`` after each one.
