@@ -163,6 +163,10 @@ def test_dataset_page_polls_while_running_and_shows_stages(browser, bus_client):
     bus_client.call(store.set_status(job.id, jobs.ERROR, "disk full"))
     ended = browser.get(f"/datasets/{job.id}/status", htmx=True).get_data(as_text=True)
     assert "hx-trigger" not in ended and "disk full" in ended and "Error" in ended
+    # The last poll swaps the actions out of band: a finished job offers no Abort.
+    assert 'id="job-actions" class="card job-actions" hx-swap-oob="true"' in ended
+    assert "actions/abort" not in ended and "actions/delete" in ended
+    assert "actions/abort" in page and "actions/abort" not in fragment  # polls carry no actions
     assert "<html" in browser.get(f"/datasets/{job.id}/status").text
 
 
