@@ -15,6 +15,7 @@ service starts, before any job.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -149,7 +150,16 @@ def configure(settings: Settings, cpu_devices: int | None = None) -> Devices:
         return _devices
 
 
+def backend() -> str:
+    """The Keras backend this process trains with (TensorFlow unless KERAS_BACKEND says)."""
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
 def _configure(settings: Settings, cpu_devices: int) -> Devices:
+    if backend() != "tensorflow":
+        # Device selection and mirroring are tf.distribute's: other backends use their default.
+        log.info("Keras backend %s: training on its default device", backend())
+        return Devices(backend())
     import tensorflow as tf
 
     if cpu_devices:
@@ -177,6 +187,8 @@ def _configure(settings: Settings, cpu_devices: int) -> Devices:
 
 def strategy(plan_: Plan) -> Any:
     """The tf.distribute strategy of a plan: mirrored, one device, or TF's default."""
+    if backend() != "tensorflow":
+        return _DefaultDevice()
     import tensorflow as tf
 
     if len(plan_.names) > 1:
@@ -184,3 +196,13 @@ def strategy(plan_: Plan) -> Any:
     if plan_.names and plan_.explicit:
         return tf.distribute.OneDeviceStrategy(plan_.names[0])
     return tf.distribute.get_strategy()
+
+
+class _DefaultDevice:
+    """What a strategy offers, for backends without tf.distribute: one replica, no scope."""
+
+    num_replicas_in_sync = 1
+
+    def scope(self) -> contextlib.AbstractContextManager[None]:
+        """A scope that changes nothing."""
+        return contextlib.nullcontext()

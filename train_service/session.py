@@ -111,7 +111,11 @@ class TrainSession:
         total_steps = max(1, math.ceil(opts.epochs * steps_per_epoch))
         strategy = devices.strategy(self.plan)
         self.replicas = int(strategy.num_replicas_in_sync)
-        self.bridge.record(devices=list(self.plan.names), num_replicas_in_sync=self.replicas)
+        self.bridge.record(
+            devices=list(self.plan.names),
+            num_replicas_in_sync=self.replicas,
+            backend=keras.backend.backend(),
+        )
         with tempfile.TemporaryDirectory(prefix="digits-train-") as tmp:
             with strategy.scope():  # variables (model and optimizer) live on the chosen devices
                 model, state = self._model(Path(tmp), dataset, total_steps)
@@ -197,6 +201,7 @@ class TrainSession:
             "metrics": state.metrics,
             "devices": list(self.plan.names),
             "num_replicas_in_sync": self.replicas,
+            "backend": keras.backend.backend(),
         }
         if opts.method in ("previous", "pretrained"):
             info["started_from"] = {
