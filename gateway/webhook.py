@@ -29,8 +29,17 @@ def _error(message: str, code: int) -> ResponseReturnValue:
 
 
 def _authorized(expected: str) -> bool:
+    """The token as a bearer token, or as the password of HTTP Basic auth.
+
+    SNS's HTTPS subscriptions cannot set headers, but they send the user and password of an
+    endpoint like ``https://sns:<token>@host/api/v1/s3/events`` as Basic auth.
+    """
     auth = request.authorization
-    given = auth.token if auth is not None and auth.type == "bearer" else None
+    given = None
+    if auth is not None and auth.type == "bearer":
+        given = auth.token
+    elif auth is not None and auth.type == "basic":
+        given = auth.password
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
 
 

@@ -133,3 +133,13 @@ def test_an_oversized_notification_is_refused(client, bus_client):
     response = client.post(URL, json=huge, headers=AUTH)
     assert response.status_code == 413
     assert s3_messages(bus_client) == []
+
+
+def test_sns_style_basic_auth_carries_the_token_as_password(client, bus_client):
+    from tests.gateway.conftest import basic
+
+    assert client.post(URL, json=AWS_EVENT, headers=basic("sns", "wrong")).status_code == 401
+    assert s3_messages(bus_client) == []
+    response = client.post(URL, json=AWS_EVENT, headers=basic("sns", WEBHOOK_TOKEN))
+    assert response.status_code == 200 and response.get_json()["published"] == 2
+    assert len(s3_messages(bus_client)) == 2
