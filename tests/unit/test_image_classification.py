@@ -9,8 +9,10 @@ import msgspec
 import numpy as np
 import pytest
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 import digits.extensions.data as data_extensions
+from digits.dataset import decode_sample, encode_sample
 from digits.extensions.data import (
     GROUP,
     DataIngestionInterface,
@@ -243,6 +245,60 @@ def test_encode_entry_errors(data_root, tmp_path):
         ext.encode_entry("just-a-path")
 
 
+def test_a_png_that_needs_no_change_is_stored_as_it_is(data_root):
+    folder = data_root / "f"
+    gray = np.arange(48, dtype=np.uint8).reshape(6, 8)
+    (folder / "a").mkdir(parents=True)
+    Image.fromarray(gray, "L").save(folder / "a" / "fits.png")
+    Image.fromarray(gray, "L").save(folder / "a" / "fits.jpg")
+    Image.fromarray(np.zeros((5, 8), np.uint8), "L").save(folder / "a" / "resized.png")
+    Image.fromarray(gray, "L").convert("P").save(folder / "a" / "palette.png")
+    meta = PngInfo()
+    meta.add_text("comment", "x" * 5000)
+    Image.fromarray(gray, "L").save(folder / "a" / "bloated.png", pnginfo=meta)
+    ext = _ingest(data_root, folder_train=str(folder), resize_width=8, resize_height=6)
+    ext1 = _ingest(
+        data_root, folder_train=str(folder), resize_width=8, resize_height=6, resize_channels=1
+    )
+    fits = str(folder / "a" / "fits.png")
+    feature, label, data = ext1.encode_entry_sample((fits, 1), "png")
+    assert data == (folder / "a" / "fits.png").read_bytes() and label == 1
+    assert np.array_equal(feature, ext1.encode_entry((fits, 1))[0])
+    stored, _ = decode_sample(encode_sample(feature, label, "png", image_bytes=data))
+    assert np.array_equal(stored, feature) and stored.shape == (6, 8, 1)
+    assert ext.encode_entry_sample((fits, 1), "png")[2] is None  # gray to RGB: converted
+    assert ext1.encode_entry_sample((fits, 1), "jpg")[2] is None  # only PNG as PNG
+    for name in ("fits.jpg", "resized.png", "palette.png", "bloated.png"):
+        path = str(folder / "a" / name)
+        feature, _, data = ext1.encode_entry_sample((path, 0), "png")
+        assert data is None, name
+        assert np.array_equal(feature, ext1.encode_entry((path, 0))[0])
+    (folder / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(ImageError, match="broken.png"):
+        ext1.encode_entry_sample((str(folder / "a" / "broken.png"), 0), "png")
+
+
+def test_encode_entry_confines_symlinked_files_and_folders(data_root, tmp_path):
+    folder = _make_folder(data_root / "f", {"a": 2})
+    outside = _make_folder(tmp_path / "outside", {"b": 2})
+    inside = folder / "a" / "img000.png"
+    (folder / "a" / "link-in.png").symlink_to(inside)
+    (folder / "a" / "link-out.png").symlink_to(outside / "b" / "img000.png")
+    (folder / "out").symlink_to(outside / "b")
+    ext = _ingest(data_root, folder_train=str(folder), resize_width=6, resize_height=4)
+    for _ in range(2):  # the second time, the folders are known
+        assert ext.encode_entry((str(inside), 0))[0].shape == (4, 6, 3)
+        assert ext.encode_entry((str(folder / "a" / "link-in.png"), 0))[1] == 0
+        with pytest.raises(PathNotAllowed, match="link-out.png"):
+            ext.encode_entry((str(folder / "a" / "link-out.png"), 0))
+        with pytest.raises(PathNotAllowed, match="img000.png"):
+            ext.encode_entry((str(folder / "out" / "img000.png"), 0))
+        with pytest.raises(PathNotAllowed):
+            ext.encode_entry((str(folder / "a" / ".." / ".." / ".." / "outside"), 0))
+        with pytest.raises(ImageError, match="missing.png"):
+            ext.encode_entry((str(folder / "a" / "missing.png"), 0))
+
+
 def test_user_data_keeps_the_form_not_the_roots(data_root, ten_by_forty):
     ext = _ingest(data_root, folder_train=str(ten_by_forty), folder_pct_val="10")
     data = ext.get_user_data()
@@ -454,7 +510,7 @@ def _raise_import_error():
 @pytest.fixture
 def registry(monkeypatch):
     """Empty the discovery cache for one test; monkeypatch restores it afterwards."""
-    monkeypatch.setattr(data_extensions, "_cache", None)
+    monkeypatch.setattr(data_extensions._registry, "_cache", None)
     return monkeypatch
 
 
