@@ -8,10 +8,17 @@ the gateway instead of failing the job later.
 from __future__ import annotations
 
 import json
+import os
+import re
+import tarfile
+import tempfile
+import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from flask import current_app
+from werkzeug.datastructures import FileStorage
 
 from digits import bus, events
 from digits.jobs import INITIALIZED, STATUS_NAMES, Job, JobNotFound, new_job_id
@@ -27,8 +34,17 @@ METHOD_FIELDS = {
     "standard": ("standard_networks",),
     "custom": ("custom_network", "custom_network_type"),
     "previous": ("previous_networks", "previous_network_snapshot"),
-    "pretrained": ("previous_networks", "previous_network_snapshot"),
+    "pretrained": ("previous_networks", "previous_network_snapshot", "pretrained_archive"),
 }
+# A pretrained model uploaded as the archive that /models/<id>/download makes.
+ARCHIVE_FIELD = "pretrained_archive_file"
+ARCHIVE_PREFIX = "uploads/pretrained/"
+DEFAULT_ARCHIVE_BYTES = 512 << 20  # app config PRETRAINED_MAX_BYTES overrides it
+ARCHIVE_FILES = ("info.json", "labels.txt", "network.json", "mean.npy", "mean.png")
+SNAPSHOT_NAME = re.compile(r"epoch-\d+(\.\d+)?\.keras")
+CHUNK = 1 << 20
+# Stands in for the upload's key (and, for model_form, previous_networks) in the shared checks.
+UPLOADED = f"{ARCHIVE_PREFIX}upload.tar.gz"
 
 
 def is_classification(dataset: Job) -> bool:
@@ -83,12 +99,11 @@ def _check_options(form: dict[str, Any], errors: dict[str, list[str]]) -> None:
         except ValueError as exc:
             names = ("aug_flip", "aug_quad_rot", *AUG_NUMBERS)
             errors.setdefault(_field_of(str(exc), names, "aug_flip"), []).append(str(exc))
-    try:
-        TrainOptions.from_form(single)
-    except ValueError as exc:
-        field = _field_of(str(exc), tuple(form) + ("custom_network_type",), "method")
+    message = _options_error(single)
+    if message is not None:
+        field = _field_of(message, tuple(form) + ("custom_network_type",), "method")
         if field not in errors:
-            errors[field] = [str(exc)]
+            errors[field] = [message]
     if form.get("method") == "custom" and form.get("custom_network_type", "json") == "json":
         try:
             json.loads(str(form.get("custom_network") or ""))
@@ -98,20 +113,55 @@ def _check_options(form: dict[str, Any], errors: dict[str, list[str]]) -> None:
             )
 
 
+def _options_error(single: dict[str, Any]) -> str | None:
+    """What the training worker's option parser says of the form, if it refuses it."""
+    try:
+        TrainOptions.from_form(single)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _archive_errors(form: dict[str, Any], errors: dict[str, list[str]]) -> None:
+    """An uploaded archive stands instead of previous_networks, never beside it."""
+    archive = str(form.get("pretrained_archive") or "")
+    if not archive:
+        return
+    if form.get("previous_networks"):
+        errors.setdefault(ARCHIVE_FIELD, []).append(
+            f"give previous_networks ({form['previous_networks']!r}) or {ARCHIVE_FIELD}, not both"
+        )
+    elif archive != UPLOADED and not (
+        archive.startswith(ARCHIVE_PREFIX) and archive.endswith(".tar.gz") and ".." not in archive
+    ):
+        errors.setdefault("pretrained_archive", []).append(
+            f"pretrained_archive {archive!r} is not an uploaded archive"
+            f" ({ARCHIVE_PREFIX}<id>.tar.gz)"
+        )
+
+
 def check(
     form: Mapping[str, Any], jobs: Mapping[str, Job], *, generic: bool
 ) -> tuple[str, Job, str, dict[str, Any]]:
     """(name, dataset job, group, checked form), or FormErrors naming every bad field.
 
-    ``jobs`` maps job ids to the records the form may refer to (datasets and models).
+    ``jobs`` maps job ids to the records the form may refer to (datasets and models). With
+    method "pretrained", ``pretrained_archive`` (an uploaded archive's store key) may stand
+    instead of previous_networks.
     """
     form = cleaned(form)
     errors: dict[str, list[str]] = {}
+    archive = str(form.get("pretrained_archive") or "")
+    _archive_errors(form, errors)
     name, dataset_id, group, checked = "", str(form.get("dataset") or ""), "", {}
+    shared = {**form, "previous_networks": UPLOADED} if archive and not errors else form
     try:
-        name, dataset_id, group, checked = model_form(form)
+        name, dataset_id, group, checked = model_form(shared)
     except FormErrors as exc:
         errors.update(exc.errors)
+    if archive and checked.get("previous_networks") == UPLOADED:
+        del checked["previous_networks"]
+        checked["pretrained_archive"] = archive
     _check_options(form, errors)
     dataset = jobs.get(dataset_id)
     if dataset_id and (dataset is None or dataset.type != "dataset"):
@@ -183,3 +233,94 @@ def related_jobs(form: Mapping[str, Any]) -> dict[str, Job]:
             except JobNotFound:
                 pass
     return found
+
+
+def archive_limit() -> int:
+    """The largest pretrained archive accepted, in bytes (app config PRETRAINED_MAX_BYTES)."""
+    return int(current_app.config.get("PRETRAINED_MAX_BYTES") or DEFAULT_ARCHIVE_BYTES)
+
+
+def receive_archive(upload: FileStorage) -> Path:
+    """The upload copied to a temporary file (chunk by chunk) and checked; FormErrors say why not.
+
+    The caller deletes the file.
+    """
+    name = upload.filename or ""
+    if not name.endswith((".tar.gz", ".tgz")):
+        raise FormErrors(
+            {ARCHIVE_FIELD: [f"{ARCHIVE_FIELD} {name!r} is not a .tar.gz (a downloaded model)"]}
+        )
+    limit = archive_limit()
+    fd, tmp = tempfile.mkstemp(prefix="digits-pretrained-", suffix=".tar.gz")
+    path = Path(tmp)
+    try:
+        size = 0
+        with os.fdopen(fd, "wb") as out:
+            while chunk := upload.stream.read(CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise FormErrors(
+                        {ARCHIVE_FIELD: [f"{ARCHIVE_FIELD} {name!r} exceeds {limit} bytes"]}
+                    )
+                out.write(chunk)
+        problem = archive_problem(path)
+        if problem:
+            raise FormErrors({ARCHIVE_FIELD: [f"{ARCHIVE_FIELD} {name!r}: {problem}"]})
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def archive_problem(path: Path) -> str | None:
+    """What keeps a file from being a model archive in the download format, or None."""
+    try:
+        with tarfile.open(path, mode="r:gz") as tar:
+            members = tar.getmembers()
+            unsafe = [m.name for m in members if not m.isfile() or "/" in m.name.removeprefix("./")]
+            if unsafe:
+                return f"only plain files at the top level belong in it, not {unsafe[:5]}"
+            names = [m.name.removeprefix("./") for m in members]
+            unknown = [
+                n for n in names if n not in ARCHIVE_FILES and not SNAPSHOT_NAME.fullmatch(n)
+            ]
+            if unknown:
+                return (
+                    f"unexpected members {unknown[:5]}; a model archive holds epoch-N.keras, "
+                    + (", ".join(ARCHIVE_FILES))
+                )
+            snapshots = [m for m in members if SNAPSHOT_NAME.fullmatch(m.name.removeprefix("./"))]
+            if not snapshots:
+                return "it holds no snapshot (epoch-N.keras)"
+            if "info.json" not in names:
+                return "it has no info.json"
+            info = members[names.index("info.json")]
+            if info.size > CHUNK:
+                return f"info.json of {info.size} bytes is too big"
+            try:
+                if not isinstance(json.loads(_read(tar, info)), dict):
+                    return "info.json is not a JSON object"
+            except ValueError as exc:
+                return f"info.json is not JSON: {exc}"
+            for member in snapshots:
+                if _read(tar, member, 4) != b"PK\x03\x04":
+                    return f"{member.name} is not a Keras model file (.keras, a zip)"
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        return f"not a gzip-compressed tar archive: {exc}"
+    return None
+
+
+def _read(tar: tarfile.TarFile, member: tarfile.TarInfo, size: int = -1) -> bytes:
+    extracted = tar.extractfile(member)
+    assert extracted is not None  # a regular file
+    return extracted.read(size)
+
+
+def store_archive(path: Path) -> str:
+    """Put a checked archive in the artifact store; its key (uploads/pretrained/<uuid>.tar.gz)."""
+    from gateway.app import bus_of
+    from gateway.models_api import _store
+
+    key = f"{ARCHIVE_PREFIX}{uuid.uuid4().hex}.tar.gz"
+    bus_of(current_app).call(_store().put_file(key, path), timeout=600)
+    return key

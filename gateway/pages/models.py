@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, abort, g, jsonify, redirect, request, url_for
@@ -56,6 +57,11 @@ CHOICES = {
     "quad_rots": QUAD_ROTS,
 }
 PREVIEW_SIZE = (320, 120)
+# The snapshot menus that the status partial refreshes when training ends: classify, generic.
+SNAPSHOT_IDS = {
+    False: ("snapshot-one", "snapshot-many", "snapshot-topn", "snapshot-download"),
+    True: ("snapshot-generic", "snapshot-download"),
+}
 
 
 @bp.app_template_filter("model_time")
@@ -120,16 +126,47 @@ def new_generic() -> ResponseReturnValue:
     return _new(generic=True)
 
 
+def _received_archive(posted: dict[str, Any], errors: dict[str, list[str]]) -> Path | None:
+    """The pretrained archive uploaded with method "pretrained", checked, in a temporary file."""
+    posted.pop("pretrained_archive", None)  # only an upload sets it
+    upload = request.files.get(model_submit.ARCHIVE_FIELD)
+    if posted.get("method") != "pretrained" or upload is None or not upload.filename:
+        return None
+    # Its store key is known once the whole form is good; the checks see a stand-in.
+    posted["pretrained_archive"] = model_submit.UPLOADED
+    limit = model_submit.archive_limit()
+    if (request.content_length or 0) > limit + (1 << 20):  # the form's other fields are small
+        name = model_submit.ARCHIVE_FIELD
+        errors[name] = [f"{name} {upload.filename!r} exceeds {limit} bytes"]
+        return None
+    try:
+        return model_submit.receive_archive(upload)
+    except FormErrors as exc:
+        errors.update(exc.errors)
+        return None
+
+
 def _create(generic: bool) -> ResponseReturnValue:
     posted = request.form.to_dict()
     posted.pop("csrf_token", None)
+    errors: dict[str, list[str]] = {}
+    archive = _received_archive(posted, errors)
     try:
-        name, dataset, group, checked = model_submit.check(
-            posted, model_submit.related_jobs(posted), generic=generic
-        )
-    except FormErrors as exc:
-        context = _form_context(generic, posted, exc.errors)
-        return page("models/new.html", "models/_form.html", **context), 400
+        try:
+            name, dataset, group, checked = model_submit.check(
+                posted, model_submit.related_jobs(posted), generic=generic
+            )
+        except FormErrors as exc:
+            errors = {**exc.errors, **errors}
+        if errors:
+            posted.pop("pretrained_archive", None)
+            context = _form_context(generic, posted, errors)
+            return page("models/new.html", "models/_form.html", **context), 400
+        if archive is not None:
+            checked["pretrained_archive"] = model_submit.store_archive(archive)
+    finally:
+        if archive is not None:
+            archive.unlink(missing_ok=True)
     job_id = model_submit.submit(name, dataset, group, checked, g.user.username)
     target = url_for("models.show", job_id=job_id)
     if is_htmx():
@@ -224,6 +261,9 @@ def _status_context(job: Job, pending: bool) -> dict[str, Any]:
         "metrics": dict(last.metrics) if last else {},
         "snapshots": [float(s) for s in job.extra.get("snapshots") or []],
         "may_change": may_change(job.owner),
+        "snapshot_ids": SNAPSHOT_IDS[
+            (job.extension or model_submit.CLASSIFICATION) != model_submit.CLASSIFICATION
+        ],
         "status_names": STATUS_NAMES,
     }
 
@@ -231,7 +271,9 @@ def _status_context(job: Job, pending: bool) -> dict[str, Any]:
 @bp.get("/models/<job_id>")
 @page_login_required
 def show(job_id: str) -> ResponseReturnValue:
-    """The model page: status, graphs, snapshots, classify forms, download, job actions."""
+    """The model page: status, graphs, snapshots, inference forms, download, job actions."""
+    from gateway.pages import models_generic
+
     job, pending = _find(job_id)
     if job is None:
         abort(404, description=f"no model with id {job_id!r}")
@@ -242,11 +284,15 @@ def show(job_id: str) -> ResponseReturnValue:
         except JobNotFound:
             dataset = None
     context = _status_context(job, pending)
+    generic = None
+    if not pending and models_generic.is_generic(job, dataset):
+        generic = models_generic.context(job, dataset, request.args.get("view_extension"))
     return page(
         "models/show.html",
         "models/_status.html",
         dataset=dataset,
         options=redacted(job.form),
+        generic=generic,
         **context,
     )
 
