@@ -42,10 +42,15 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         LOGIN_LIMIT=5,
         LOGIN_WINDOW_S=60.0,
         SESSION_COOKIE_SAMESITE="Lax",
+        # The largest request (a pretrained archive, 512 MiB by default): refused before parsing.
+        MAX_CONTENT_LENGTH=528 << 20,
         PERMANENT_SESSION_LIFETIME=7 * 24 * 3600,
     )
     if test_config:
         app.config.from_mapping(test_config)
+    archive_max = app.config.get("PRETRAINED_MAX_BYTES")
+    if archive_max and archive_max + (16 << 20) > app.config["MAX_CONTENT_LENGTH"]:
+        app.config["MAX_CONTENT_LENGTH"] = archive_max + (16 << 20)
     settings = app.config["SETTINGS"] or Settings.from_env()
     app.config["SETTINGS"] = settings
     if not app.config["SECRET_KEY"]:

@@ -165,7 +165,9 @@ def model_form(form: Mapping[str, Any]) -> tuple[str, str, str, dict[str, Any]]:
     elif method == "custom":
         c.required("custom_network", " for method 'custom' (a Keras model JSON)")
     else:
-        c.required("previous_networks", f" for method {method!r} (a model job id)")
+        if not (method == "pretrained" and c.raw("pretrained_archive")):
+            # A pretrained model is an earlier job's snapshot, or an uploaded archive.
+            c.required("previous_networks", f" for method {method!r} (a model job id)")
         c.number("previous_network_snapshot", float, 0, 1e6)
     c.number("train_epochs", int, 1, 100_000)
     c.numbers("batch_size", int, 1)

@@ -43,7 +43,7 @@ DEFAULT_ARCHIVE_BYTES = 512 << 20  # app config PRETRAINED_MAX_BYTES overrides i
 ARCHIVE_FILES = ("info.json", "labels.txt", "network.json", "mean.npy", "mean.png")
 SNAPSHOT_NAME = re.compile(r"epoch-\d+(\.\d+)?\.keras")
 CHUNK = 1 << 20
-# Stands in for the upload's key (and, for model_form, previous_networks) in the shared checks.
+# Stands in for the upload's key in the checks, until the upload is stored.
 UPLOADED = f"{ARCHIVE_PREFIX}upload.tar.gz"
 
 
@@ -151,17 +151,12 @@ def check(
     """
     form = cleaned(form)
     errors: dict[str, list[str]] = {}
-    archive = str(form.get("pretrained_archive") or "")
     _archive_errors(form, errors)
     name, dataset_id, group, checked = "", str(form.get("dataset") or ""), "", {}
-    shared = {**form, "previous_networks": UPLOADED} if archive and not errors else form
     try:
-        name, dataset_id, group, checked = model_form(shared)
+        name, dataset_id, group, checked = model_form(form)
     except FormErrors as exc:
         errors.update(exc.errors)
-    if archive and checked.get("previous_networks") == UPLOADED:
-        del checked["previous_networks"]
-        checked["pretrained_archive"] = archive
     _check_options(form, errors)
     dataset = jobs.get(dataset_id)
     if dataset_id and (dataset is None or dataset.type != "dataset"):
