@@ -4,7 +4,9 @@ Run as ``python bench/gateway.py [--clients 50] [--jobs 100] [--seconds 5] [--qu
 its own nats-server, stores ``--jobs`` job records, serves the gateway with waitress in a thread
 (as ``python -m gateway`` does) and drives it from a separate load process with ``--clients``
 concurrent keep-alive clients (aiohttp), so the load generator does not share the server's GIL.
-The baseline is ``/healthz`` on the same server: the ratio shows what a page itself costs.
+The baseline is ``/healthz`` on the same server: the ratio shows what a page itself costs. Then
+it measures the delay from a training progress event on the bus to the model page's graph poll
+(``bench/gateway_live.py``, which also runs by itself).
 Readable lines go to stderr; the last line on stdout is one JSON object with the figures.
 """
 
@@ -18,7 +20,6 @@ import multiprocessing
 import os
 import platform
 import re
-import statistics
 import sys
 import tempfile
 import threading
@@ -34,22 +35,14 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
+from bench import gateway_live  # noqa: E402
+from bench.common import percentile, say  # noqa: E402
 from digits import jobs  # noqa: E402
 from digits.config import Settings  # noqa: E402
 from digits.natsserver import NatsServer, free_port  # noqa: E402
 
 PASSWORD = "bench-password-1"
 Targets = list[tuple[str, str, dict[str, str]]]
-
-
-def say(text: str) -> None:
-    """Print one human-readable line to stderr."""
-    print(text, file=sys.stderr, flush=True)
-
-
-def percentile(values: list[float], pct: int) -> float:
-    """The ``pct``-th percentile of ``values`` (inclusive method)."""
-    return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
 
 
 def populate(bus_client: Any, count: int) -> str:
@@ -193,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # 50 clients queue by design
     started = time.perf_counter()
     figures = run(args.clients, args.jobs, seconds)
+    figures["progress_to_page"] = gateway_live.run(20 if args.quick else 60)
     result = {
         "bench": "gateway",
         "clients": args.clients,

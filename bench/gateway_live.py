@@ -27,13 +27,11 @@ from digits import bus, events, jobs
 from digits.config import Settings
 from digits.natsserver import NatsServer
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script too
+from bench.common import say  # noqa: E402
+
 PAGE_POLL_S = 0.5  # the model page's graph poll (gateway/templates/models/show.html)
 PASSWORD = "bench-password-1"
-
-
-def say(text: str) -> None:
-    """Print one human-readable line to stderr."""
-    print(text, file=sys.stderr, flush=True)
 
 
 def login(client: Any) -> None:
