@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import signal
 import uuid
+from pathlib import Path
 
 import msgpack
 import nats
@@ -94,18 +97,54 @@ LENET = {
 }
 
 
+def check_saved_model(folder: Path, epoch: float) -> None:
+    """The stored SavedModel loads without Keras and predicts as the epoch's .keras snapshot."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    info = json.loads((folder / "info.json").read_text())
+    assert info["saved_model"] == {
+        "path": "saved_model/",
+        "files": len([p for p in (folder / "saved_model").rglob("*") if p.is_file()]),
+        "endpoint": "serve",
+        "input_shape": [28, 28, 1],
+        "epoch": epoch,
+    }
+    assert (folder / "saved_model" / "saved_model.pb").is_file()
+    x = np.random.default_rng(0).normal(size=(5, 28, 28, 1)).astype(np.float32)
+    want = keras.models.load_model(folder / "snapshots" / f"epoch-{epoch:g}.keras")(x)
+    served = tf.saved_model.load(str(folder / "saved_model")).serve(tf.constant(x))
+    np.testing.assert_allclose(np.asarray(served), np.asarray(want), rtol=1e-4, atol=1e-5)
+    layer = keras.layers.TFSMLayer(str(folder / "saved_model"), call_endpoint="serve")
+    np.testing.assert_allclose(np.asarray(layer(x)), np.asarray(want), rtol=1e-4, atol=1e-5)
+
+
 async def test_lenet_learns_the_synthetic_set_and_reports_in_order(
-    nats_server, nc, stack, digits_folder
+    nats_server, nc, stack, digits_folder, tmp_path
 ):
-    await asyncio.gather(
+    ingest, _ = await asyncio.gather(
         asyncio.to_thread(stack, "ingest_service"), asyncio.to_thread(stack, "train_service")
     )
     await create_dataset(
         nats_server.url, "synthetic", {**DATASET_FORM, "folder_train": str(digits_folder)}
     )
     dataset_id = await dataset_job_id(nc, "synthetic")
-    # Created while the dataset is still being written: it waits, then trains.
-    await create_model(nats_server.url, "lenet", dataset_id, LENET)
+    # Created while the dataset is still being written: it waits, then trains. The ingest
+    # service is paused meanwhile, so the dataset cannot finish before the model is created.
+    store = await job_store(nc)
+    ingest.proc.send_signal(signal.SIGSTOP)
+    try:
+        assert (await store.get(dataset_id)).status not in jobs.TERMINAL
+        await create_model(nats_server.url, "lenet", dataset_id, LENET)
+
+        async def waiting() -> bool:
+            found = [j for j in await store.list() if j.name == "lenet"]
+            return bool(found) and found[0].status == jobs.WAITING
+
+        await wait_for(waiting, timeout=60, interval=0.1)
+    finally:
+        ingest.proc.send_signal(signal.SIGCONT)
     model = await finished_job(nc, "lenet", timeout=300)
     assert model.status == jobs.DONE, model.error
     statuses = [h.status for h in model.history]
@@ -130,6 +169,7 @@ async def test_lenet_learns_the_synthetic_set_and_reports_in_order(
     ready = [e for e in found if isinstance(e, events.ModelReady)]
     assert len(ready) == 1 and ready[0].snapshots == [2, 4]
     assert ready[0].metrics["val_accuracy"] >= 0.95
+    await asyncio.to_thread(check_saved_model, tmp_path / "store" / "models" / model.id, 4.0)
 
     # "Previous network": fine-tuning starts from the trained weights, not from scratch.
     previous = {**LENET, "method": "previous", "previous_networks": model.id, "train_epochs": 1}
