@@ -539,6 +539,17 @@ def profile_set(iset: ImageSet, train: Path, root: Path, limit: int) -> dict[str
     started = time.perf_counter()
     results = [encode_chunk(EXTENSION, form, c, iset.encoding, True) for c in chunks]
     encode_s = time.perf_counter() - started
+    # The same without storing unchanged source files as they are (every image re-encoded).
+    from digits.extensions.data.imageClassification import data as classification
+
+    as_is, classification.AS_IS = classification.AS_IS, {}
+    try:
+        started = time.perf_counter()
+        for c in chunks:
+            encode_chunk(EXTENSION, form, c, iset.encoding, True)
+        reencode_s = time.perf_counter() - started
+    finally:
+        classification.AS_IS = as_is
     prof = cProfile.Profile()
     prof.enable()
     for c in chunks:
@@ -575,6 +586,7 @@ def profile_set(iset: ImageSet, train: Path, root: Path, limit: int) -> dict[str
     per = {
         "bare_loop": bare_s,
         "encode_chunk": encode_s,
+        "encode_chunk_reencoding": reencode_s,
         "pickle_roundtrip": pickle_s,
         "shard_write": write_s,
     }
@@ -598,8 +610,13 @@ async def run_framework(
     repeats: int,
     warm: Path,
     results: dict[str, dict[str, Any]],
+    adjacent: bool = False,
 ) -> str:
-    """Every framework case of every set against one nats-server; the server's version."""
+    """Every framework case of every set against one nats-server; the server's version.
+
+    ``adjacent``: time the bare loop again just before each case run, and report each case
+    against it too (other processes' load on a shared machine changes from minute to minute).
+    """
     fw = Framework(children, tmp, [root])
     try:
         await fw.open()
@@ -610,6 +627,10 @@ async def run_framework(
             rates: dict[str, float] = {}
             for case in cases:
                 for _ in range(repeats):
+                    if adjacent:
+                        elapsed, _ = bare_loop(iset, train, tmp / f"bare-{iset.key}.lmdb")
+                        near = iset.count / elapsed
+                        res.setdefault("adjacent_ratios", {}).setdefault(case, [])
                     rate, cpu = await run_case(
                         fw, iset, train, warm, case, res["shard_size"], timeout
                     )
@@ -617,6 +638,12 @@ async def run_framework(
                         f"{iset.key}: framework {case:17s} {rate:8.1f} img/s  "
                         f"({ratio(rate, base):.2f}x the bare loop)"
                     )
+                    if adjacent:
+                        res["adjacent_ratios"][case].append(ratio(rate, near))
+                        say(f"  bare loop just before: {near:.1f} img/s ({ratio(rate, near):.2f}x)")
+                    used = round(cpu["own_cpu_s"] / iset.count * 1e6, 1)
+                    spent = res["own_cpu_us_per_img"]
+                    spent[case] = min(spent.get(case, used), used)
                     warn_busy(f"{iset.key} {case}", cpu)
                     if rate > rates.get(case, 0.0):
                         rates[case] = round(rate, 1)
@@ -668,7 +695,7 @@ def run(args: argparse.Namespace, children: Children) -> dict[str, Any]:
         profile: dict[str, Any] = {}
         for iset, train in folders:
             read_all(train)
-            best, others = 0.0, 0.0
+            best, others, own = 0.0, 0.0, 0.0
             for _ in range(args.repeats):
                 meter = CpuMeter([os.getpid()]).start()
                 elapsed, written = bare_loop(iset, train, tmp / f"bare-{iset.key}.lmdb")
@@ -680,16 +707,28 @@ def run(args: argparse.Namespace, children: Children) -> dict[str, Any]:
                 warn_busy(f"{iset.key} bare loop", cpu)
                 if rate > best:
                     best, others = rate, cpu["others_pct"]
+                    own = round(cpu["own_cpu_s"] / iset.count * 1e6, 1)
             results[iset.key] = {
                 "baseline_img_s": round(best, 1),
                 "shard_size": shard_size_for(iset.count),
                 "others_cpu_pct": {"baseline": others},
+                "own_cpu_us_per_img": {"baseline": own},
             }
             if args.profile:
                 profile[iset.key] = profile_set(iset, train, root, args.profile)
                 say(f"{iset.key}: per-image phases {profile[iset.key]['us_per_image']} us")
         server_version = asyncio.run(
-            run_framework(children, tmp, root, folders, args.cases, args.repeats, warm, results)
+            run_framework(
+                children,
+                tmp,
+                root,
+                folders,
+                args.cases,
+                args.repeats,
+                warm,
+                results,
+                args.adjacent,
+            )
         )
     cases = {key: summarize(key, res) for key, res in results.items()}
     out: dict[str, Any] = {
@@ -706,7 +745,10 @@ def run(args: argparse.Namespace, children: Children) -> dict[str, Any]:
             "freshly started services warmed by a small dataset; 1_worker / 2_workers = 1 / 2 "
             "ingest services with DIGITS_INGEST_PROCS=1, 1_service_2_procs = 1 service with 2; "
             "baseline = one process, no mean image; best of `repeats` runs; others_cpu_pct = "
-            "CPU share used by processes outside this benchmark during the measurement"
+            "CPU share used by processes outside this benchmark during the measurement; "
+            "own_cpu_us_per_img = CPU time of this benchmark's process trees (services, "
+            "nats-server) per image, the least of the runs; adjacent_ratios (--adjacent) = "
+            "each case run against a bare loop timed just before it"
         ),
         "machine": {
             "cores": os.cpu_count(),
@@ -741,6 +783,11 @@ def main(argv: list[str] | None = None) -> int:
         "--sets", default="png28,jpg224", help="comma-separated image sets (png28, jpg224)"
     )
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated framework cases")
+    parser.add_argument(
+        "--adjacent",
+        action="store_true",
+        help="also time the bare loop just before each case run and report that ratio",
+    )
     parser.add_argument(
         "--repeats",
         type=int,

@@ -2,14 +2,13 @@
 
 A dataset root holds ``manifest.json``, ``mean.npy``, ``mean.png`` and ``<stage>/shard-NNNNN.lmdb``
 files (keys ``00000000``, ... in insertion order); ``open(url)`` reads it without the services.
+Samples, shard files and the mean live in ``digits.dataset_io``; they are importable from here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import os
-import secrets
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,231 +21,59 @@ import lmdb
 import msgspec
 import numpy as np
 
+from digits.dataset_io import (
+    ENCODINGS,
+    JPEG_QUALITY,
+    Label,
+    MeanAccumulator,
+    Sample,
+    ShardReader,
+    ShardWriter,
+    decode_sample,
+    encode_sample,
+    image_bytes,
+    mean_npy_bytes,
+    mean_png_bytes,
+    sample_label,
+)
 from digits.store import Store, check_key, open_store
+
+__all__ = [
+    "ENCODINGS",
+    "FORMAT",
+    "JPEG_QUALITY",
+    "MANIFEST",
+    "STAGES",
+    "Dataset",
+    "Label",
+    "Manifest",
+    "MeanAccumulator",
+    "Sample",
+    "ShardInfo",
+    "ShardReader",
+    "ShardWriter",
+    "StageInfo",
+    "decode_sample",
+    "encode_sample",
+    "image_bytes",
+    "inspect",
+    "load_manifest",
+    "mean_npy_bytes",
+    "mean_png_bytes",
+    "open",
+    "sample_label",
+    "shard_key",
+    "summary",
+]
 
 FORMAT = "digits-dataset/1"
 MANIFEST = "manifest.json"
 STAGES = ("train_db", "val_db", "test_db")
-ENCODINGS = ("png", "jpg", "none")
-JPEG_QUALITY = 90
-Label = int | np.ndarray
-Sample = tuple[np.ndarray, Label]
-
-
-class _Array(msgspec.Struct):
-    shape: list[int]
-    dtype: str
-    data: bytes
-
-
-class _Sample(msgspec.Struct):
-    shape: list[int]
-    dtype: str
-    encoding: str
-    data: bytes
-    label: int | _Array
-
-
-def _to_array(arr: np.ndarray) -> _Array:  # raw data is little-endian
-    data = np.ascontiguousarray(arr, arr.dtype.newbyteorder("<")).tobytes()
-    return _Array(list(arr.shape), arr.dtype.name, data)
-
-
-def _from_array(a: _Array) -> np.ndarray:
-    raw = np.frombuffer(a.data, np.dtype(a.dtype).newbyteorder("<"))
-    return raw.astype(np.dtype(a.dtype)).reshape(a.shape)
-
-
-def _hwc(feature: np.ndarray) -> np.ndarray:
-    arr = np.asarray(feature)
-    arr = arr[:, :, None] if arr.ndim == 2 else arr
-    if arr.ndim != 3 or arr.dtype.kind not in "biuf":
-        raise ValueError(
-            f"feature must be a numeric HxW or HxWxC array, not {arr.dtype} {arr.shape}"
-        )
-    return arr
-
-
-def _image_bytes(arr: np.ndarray, encoding: str) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    kw: dict[str, Any] = {"format": "JPEG", "quality": JPEG_QUALITY}
-    kw = kw if encoding == "jpg" else {"format": "PNG"}
-    Image.fromarray(np.ascontiguousarray(arr)).save(buf, **kw)
-    return buf.getvalue()
-
-
-def encode_sample(feature: np.ndarray, label: Label, encoding: str = "png") -> bytes:
-    """One sample as the msgpack map stored in a shard (features HWC; 2-D becomes HxWx1)."""
-    arr = _hwc(feature)
-    h, w, c = arr.shape
-    if encoding == "none":
-        data = _to_array(arr).data
-    elif encoding in ("png", "jpg"):
-        ok = arr.dtype == np.uint8 and c in (1, 3)
-        if not (ok or (encoding == "png" and arr.dtype == np.uint16 and c == 1)):
-            allowed = "uint8 with 1 or 3 channels" + " or uint16 with 1" * (encoding == "png")
-            raise ValueError(
-                f"cannot encode a {arr.dtype} feature of shape {arr.shape} as {encoding} "
-                f"(only {allowed}); use encoding 'none'"
-            )
-        data = _image_bytes(arr[:, :, 0] if c == 1 else arr, encoding)
-    else:
-        raise ValueError(f"unknown encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
-    if isinstance(label, int | np.integer) and not isinstance(label, bool):
-        lab: int | _Array = int(label)
-    else:
-        lab = _to_array(np.asarray(label))
-    return msgspec.msgpack.encode(_Sample([h, w, c], arr.dtype.name, encoding, data, lab))
-
-
-def decode_sample(data: bytes) -> Sample:
-    """The ``(feature HxWxC, label)`` of an encoded sample."""
-    try:
-        s = msgspec.msgpack.decode(data, type=_Sample)
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"not a dataset sample: {exc}") from None
-    label = s.label if isinstance(s.label, int) else _from_array(s.label)
-    if s.encoding == "none":
-        return _from_array(_Array(s.shape, s.dtype, s.data)), label
-    if s.encoding not in ENCODINGS:
-        raise ValueError(f"sample has unknown encoding {s.encoding!r}")
-    from PIL import Image
-
-    with Image.open(io.BytesIO(s.data)) as img:
-        arr = np.asarray(img).astype(np.dtype(s.dtype), copy=False)
-    if arr.size != int(np.prod(s.shape)):
-        raise ValueError(f"decoded {s.encoding} image {arr.shape} does not match shape {s.shape}")
-    return arr.reshape(s.shape), label
-
-
-def sample_label(data: bytes) -> Label:
-    """Only the label of an encoded sample (the image is not decoded)."""
-    lab = msgspec.msgpack.decode(data, type=_Sample).label
-    return lab if isinstance(lab, int) else _from_array(lab)
 
 
 def shard_key(stage: str, index: int) -> str:
     """The key of shard ``index`` of ``stage``, relative to the dataset root."""
     return f"{stage}/shard-{index:05d}.lmdb"
-
-
-class ShardWriter:
-    """Writes one LMDB shard file under a temporary name, renamed to ``path`` on a clean close."""
-
-    def __init__(
-        self, path: str | os.PathLike[str], map_size: int = 1 << 30, batch: int = 256
-    ) -> None:
-        self.path = Path(path)
-        self._tmp = self.path.with_name(f"{self.path.name}.tmp-{secrets.token_hex(6)}")
-        self._map_size, self._batch = map_size, batch
-        self._pending: list[bytes] = []
-        self.count = 0
-        self.histogram: dict[str, int] = {}  # integer label -> count
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._env: Any = lmdb.open(
-            str(self._tmp), subdir=False, map_size=map_size, lock=False, meminit=False
-        )
-
-    def put(self, feature: np.ndarray, label: Label, encoding: str = "png") -> None:
-        """Encode and append one sample."""
-        self.put_encoded(encode_sample(feature, label, encoding))
-
-    def put_encoded(self, data: bytes, *, count_labels: bool = True) -> None:
-        """Append one already encoded sample (``count_labels=False`` skips the histogram)."""
-        if self._env is None:
-            raise ValueError(f"shard {self.path} is closed")
-        if count_labels:
-            label = sample_label(data)
-            if isinstance(label, int):
-                self.histogram[str(label)] = self.histogram.get(str(label), 0) + 1
-        self._pending.append(data)
-        self.count += 1
-        if len(self._pending) >= self._batch:
-            self._flush()
-
-    def _flush(self) -> None:
-        first = self.count - len(self._pending)
-        while self._pending:
-            try:
-                with self._env.begin(write=True) as txn:
-                    for i, data in enumerate(self._pending, first):
-                        txn.put(f"{i:08d}".encode(), data, append=True)
-                self._pending = []
-            except lmdb.MapFullError:
-                self._map_size *= 2
-                self._env.set_mapsize(self._map_size)
-
-    def close(self) -> Path:
-        """Write what is pending and move the file to ``path``; return ``path``."""
-        if self._env is not None:
-            try:
-                self._flush()
-                self._env.sync(True)
-                self._env.close()
-                self._env = None
-                os.replace(self._tmp, self.path)
-            finally:
-                self.abort()
-        return self.path
-
-    def abort(self) -> None:
-        """Drop the shard: close LMDB and remove the temporary (and any lock) file."""
-        env, self._env, self._pending = self._env, None, []
-        if env is not None:
-            env.close()
-        for p in (self._tmp, Path(f"{self._tmp}-lock"), Path(f"{self.path}-lock")):
-            p.unlink(missing_ok=True)
-
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(self, typ: type[BaseException] | None, *exc: object) -> None:
-        if typ is None:
-            self.close()
-        else:
-            self.abort()
-
-
-class ShardReader:
-    """Reads one LMDB shard file (readonly, no lock file)."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"no shard file {self.path}")
-        self._env: Any = lmdb.open(str(self.path), subdir=False, readonly=True, lock=False)
-
-    def __len__(self) -> int:
-        return int(self._env.stat()["entries"])
-
-    def raw(self) -> Iterator[bytes]:
-        """The encoded samples in key order."""
-        with self._env.begin() as txn:
-            for _key, value in txn.cursor():
-                yield bytes(value)
-
-    def __iter__(self) -> Iterator[Sample]:
-        return map(decode_sample, self.raw())
-
-    def get(self, index: int) -> Sample:
-        """The sample at ``index``; IndexError if there is none."""
-        with self._env.begin() as txn:
-            data = txn.get(f"{index:08d}".encode())
-        if data is None:
-            raise IndexError(f"shard {self.path} has no sample {index} ({len(self)} samples)")
-        return decode_sample(data)
-
-    def close(self) -> None:
-        """Release the memory map."""
-        self._env.close()
-
-    def __enter__(self) -> ShardReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class ShardInfo(msgspec.Struct):
@@ -300,70 +127,6 @@ class Manifest(msgspec.Struct, kw_only=True):
         """The stages present: train_db, val_db, test_db first."""
         extra = sorted(s for s in self.stages if s not in STAGES)
         return [s for s in STAGES if s in self.stages] + extra
-
-
-class MeanAccumulator:
-    """A float64 running sum of features, mergeable across shards."""
-
-    def __init__(self) -> None:
-        self.sum: np.ndarray | None = None
-        self.count = 0
-
-    def _check(self, shape: tuple[int, ...]) -> np.ndarray:
-        if self.sum is None:
-            self.sum = np.zeros(shape, np.float64)
-        elif self.sum.shape != shape:
-            raise ValueError(f"feature shape {shape} differs from the mean's {self.sum.shape}")
-        return self.sum
-
-    def add(self, feature: np.ndarray) -> None:
-        """Add one feature (HxW or HxWxC)."""
-        arr = _hwc(feature)
-        self._check(arr.shape).__iadd__(arr)
-        self.count += 1
-
-    def merge(self, other: MeanAccumulator) -> None:
-        """Add another accumulator's sum and count."""
-        if other.sum is not None:
-            self._check(other.sum.shape).__iadd__(other.sum)
-            self.count += other.count
-
-    def to_bytes(self) -> bytes:
-        """The sum and count as .npz bytes (np.save of each array)."""
-        buf = io.BytesIO()
-        total = np.zeros(0) if self.sum is None else self.sum
-        np.savez(buf, sum=total, count=np.array(self.count, np.int64))
-        return buf.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> MeanAccumulator:
-        """An accumulator saved by ``to_bytes``."""
-        acc = cls()
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            acc.count = int(npz["count"])
-            acc.sum = npz["sum"].astype(np.float64) if acc.count else None
-        return acc
-
-    def mean(self) -> np.ndarray:
-        """The mean feature as float32 HxWxC."""
-        if self.sum is None or not self.count:
-            raise ValueError("no features were added; there is no mean")
-        return (self.sum / self.count).astype(np.float32)
-
-
-def mean_npy_bytes(mean: np.ndarray) -> bytes:
-    """``mean.npy``: the float32 mean saved with np.save."""
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(mean, np.float32), allow_pickle=False)
-    return buf.getvalue()
-
-
-def mean_png_bytes(mean: np.ndarray) -> bytes:
-    """``mean.png``: the mean rounded to uint8 (1 or 3 channels; else the first channel)."""
-    arr = np.clip(np.rint(np.asarray(mean, np.float64)), 0, 255).astype(np.uint8)
-    if arr.ndim == 3:
-        arr = arr if arr.shape[2] == 3 else arr[:, :, 0]
-    return _image_bytes(arr, "png")
 
 
 class Dataset:

@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from functools import partial
 
 from digits import subjects
@@ -19,6 +20,7 @@ from digits.store import store_from_settings
 from ingest_service.encode import watch_parent
 from ingest_service.pipeline import Pipeline
 from ingest_service.watch import Watcher
+from ingest_service.worker import PrefetchWorker
 
 NAME = "ingest"
 log = logging.getLogger(__name__)
@@ -58,7 +60,15 @@ async def setup(rt: ServiceRuntime) -> None:
         partial(handle_job_command, rt.js, rt.jobs, store=store),
     )
     rt.add_worker(subjects.CONSUMERS[subjects.CONSUMER_DATASET_COMMANDS], pipeline.on_create)
-    rt.add_worker(subjects.CONSUMERS[subjects.CONSUMER_INGEST], pipeline.on_work)
+    # Shards and finalize: a second work item in hand while one encodes (see PrefetchWorker).
+    spec = subjects.CONSUMERS[subjects.CONSUMER_INGEST]
+    spec = replace(spec, ack_wait_s=settings.ack_wait_s, max_deliver=settings.max_deliver)
+    depth = max(2, settings.worker_batch)
+    room = pipeline.encoder.room
+    shards = PrefetchWorker(
+        rt.js, spec, pipeline.on_work, metrics=rt.metrics, depth=depth, room=room
+    )
+    rt.background(shards.run(rt.stop))
     watcher = Watcher(pipeline)
     rt.add_worker(subjects.CONSUMERS[subjects.CONSUMER_S3_NOTIFICATIONS], watcher.on_notification)
     rt.background(watcher.run(rt.stop))

@@ -23,11 +23,12 @@ class ChunkResult(msgspec.Struct, kw_only=True):
     """What a worker process returns for a chunk of entries."""
 
     samples: list[bytes]
+    count: int = 0  # samples encoded (``samples`` is emptied once they are written)
     written: int = 0
     skipped: int = 0
     reasons: list[str] = msgspec.field(default_factory=list)
     histogram: dict[str, int] = msgspec.field(default_factory=dict)
-    mean: bytes | None = None
+    mean: MeanAccumulator | None = None  # the chunk's sum (pickled as one array)
     mixed_shapes: bool = False  # features differ in shape: no mean image for this dataset
     shape: list[int] | None = None
     dtype: str | None = None
@@ -71,11 +72,18 @@ def encode_chunk(
     ext = extension_instance(extension_id, form)
     result = ChunkResult(samples=[])
     mean = MeanAccumulator() if want_mean else None
+    # An extension may also hand over the encoded image (a source file that needs no change).
+    as_is = getattr(ext, "encode_entry_sample", None)
     for entry in entries:
         try:
-            out = ext.encode_entry(entry)
-            items = [(f, _plain(lb)) for f, lb in (out if isinstance(out, list) else [out])]
-            encoded = [encode_sample(feature, label, encoding) for feature, label in items]
+            if as_is is not None:
+                feature, label, data = as_is(entry, encoding)
+                items = [(feature, _plain(label))]
+                encoded = [encode_sample(feature, items[0][1], encoding, image_bytes=data)]
+            else:
+                out = ext.encode_entry(entry)
+                items = [(f, _plain(lb)) for f, lb in (out if isinstance(out, list) else [out])]
+                encoded = [encode_sample(feature, label, encoding) for feature, label in items]
         except Exception as exc:  # noqa: BLE001 - a bad entry is counted, never fatal
             result.skipped += 1
             if len(result.reasons) < MAX_REASONS:
@@ -96,7 +104,8 @@ def encode_chunk(
         result.samples.extend(encoded)
         result.written += 1
     if mean is not None and mean.count:
-        result.mean = mean.to_bytes()
+        result.mean = mean
+    result.count = len(result.samples)
     return result
 
 

@@ -35,7 +35,7 @@ def merge_chunks(results: list[ChunkResult]) -> dict[str, Any]:
     mixed = len(shapes) > 1 or any(r.mixed_shapes for r in results)
     return {
         "entries": sum(r.written for r in results),
-        "samples": sum(len(r.samples) for r in results),
+        "samples": sum(r.count for r in results),
         "skipped": sum(r.skipped for r in results),
         "reasons": [reason for r in results for reason in r.reasons][:20],
         "histogram": histogram,
@@ -51,7 +51,7 @@ def merged_mean_bytes(results: list[ChunkResult]) -> bytes:
     total = MeanAccumulator()
     for r in results:
         if r.mean:
-            total.merge(MeanAccumulator.from_bytes(r.mean))
+            total.merge(r.mean)
     return total.to_bytes()
 
 

@@ -6,9 +6,8 @@ import asyncio
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from digits.secrets import SECRET_FIELDS, SecretError, SecretStore, open_form, s
 from digits.store import Store
 from digits.utils.constants import COLOR_PALETTE_ATTRIBUTE, TEST_DB, TRAIN_DB, VAL_DB
 from ingest_service import finalize
-from ingest_service.encode import ChunkResult, encode_chunk
+from ingest_service.shards import ShardEncoder
 from ingest_service.watch import object_claim, watch_config
 
 log = logging.getLogger(__name__)
@@ -38,7 +37,6 @@ STAGE_TITLES = {
     VAL_DB: "Create DB (val)",
     TEST_DB: "Create DB (test)",
 }
-CHUNK = 64  # entries per task handed to an encoding process
 PERMANENT_S3_ERRORS = frozenset(
     {
         "NoSuchBucket",
@@ -95,9 +93,7 @@ class Pipeline:
         self.store = store
         self.settings = settings
         self.secrets = secrets
-        self.pool_factory = pool_factory
-        self.pool = pool_factory()
-        self.pool_size = pool_size
+        self.encoder = ShardEncoder(pool_factory, pool_size)
 
     # --- the coordinator ---------------------------------------------------------------------
 
@@ -281,6 +277,13 @@ class Pipeline:
 
     async def on_shard(self, work: events.IngestShard) -> None:
         """Encode one shard into one LMDB file; record it by CAS; the last one finalizes."""
+        queued = self.encoder.claim()  # until its chunks are in the pool: see PrefetchWorker
+        try:
+            await self._shard(work, queued)
+        finally:
+            queued()
+
+    async def _shard(self, work: events.IngestShard, queued: Callable[[], None]) -> None:
         try:
             job = await self.jobs.get(work.job_id)
         except JobNotFound:
@@ -302,64 +305,40 @@ class Pipeline:
                 # disk); the extension then reads them like a folder's images.
                 entries, failed = await fetch_s3_entries(form, entries, Path(tmp, "objects"))
                 form = {**form, "data_roots": [str(Path(tmp, "objects"))]}
-            want_mean = work.stage == TRAIN_DB
-            results = await self._encode(job, form, entries, encoding, want_mean)
+            call = (job.extension, form, encoding, work.stage == TRAIN_DB)
+            path = Path(tmp, "shard.lmdb")
+            writer = await asyncio.to_thread(ShardWriter, path)
+            try:
+                stopped = self._stopped(job.id)
+                results = await self.encoder.encode(call, entries, writer, stopped, queued)
+            except BaseException:
+                await asyncio.to_thread(writer.abort)
+                raise
             if results is None:
+                await asyncio.to_thread(writer.abort)
                 return  # aborted while encoding
+            await asyncio.to_thread(writer.close)
             stats = finalize.merge_chunks(results)
             stats["skipped"] += len(failed)
             stats["reasons"] = (failed + stats["reasons"])[:20]
             stem = dataset_key(job.id, work.stage, shard_name(work.shard, work.version))
-            path = Path(tmp, "shard.lmdb")
-            with ShardWriter(path) as writer:
-                for result in results:
-                    for sample in result.samples:
-                        writer.put_encoded(sample, count_labels=False)  # counted already
             await self.store.put_file(f"{stem}.lmdb", path)
         if stats.get("mean"):
-            await self.store.put(f"{stem}.mean.npy", finalize.merged_mean_bytes(results))
+            partial = await asyncio.to_thread(finalize.merged_mean_bytes, results)
+            await self.store.put(f"{stem}.mean.npy", partial)
         await self.store.put(f"{stem}.json", msgspec.json.encode(stats))
         job = await self.jobs.update(job.id, finalize.record_shard(work, stats))
         await self._maybe_finalize(job)
 
-    async def _encode(
-        self, job: Job, form: dict[str, Any], entries: list, encoding: str, want_mean: bool
-    ) -> list[ChunkResult] | None:
-        loop = asyncio.get_running_loop()
-        chunks = [entries[i : i + CHUNK] for i in range(0, len(entries), CHUNK)]
-        limit = asyncio.Semaphore(self.pool_size * 2)  # bounded memory: a few chunks in flight
-        results: list[ChunkResult | None] = [None] * len(chunks)
+    def _stopped(self, job_id: str) -> Callable[[], Awaitable[bool]]:
+        async def stopped() -> bool:
+            return (await self.jobs.get(job_id)).status in (jobs.ABORTED, jobs.ERROR)
 
-        async def run(i: int, chunk: list) -> None:
-            async with limit:
-                results[i] = await loop.run_in_executor(
-                    self.pool, encode_chunk, job.extension, form, chunk, encoding, want_mean
-                )
-
-        tasks = [asyncio.ensure_future(run(i, c)) for i, c in enumerate(chunks)]
-        try:
-            while tasks:
-                done, pending = await asyncio.wait(tasks, timeout=2.0)
-                for task in done:
-                    try:
-                        task.result()  # a failure is re-raised: the message is redelivered
-                    except BrokenProcessPool:
-                        # An encoding process died (killed, or a decoder crashed): a new pool
-                        # serves the retry; the broken one never would.
-                        old, self.pool = self.pool, self.pool_factory()
-                        old.shutdown(wait=False, cancel_futures=True)
-                        raise bus.Transient("an encoding process died; retrying", 1.0) from None
-                tasks = list(pending)
-                if tasks and (await self.jobs.get(job.id)).status in (jobs.ABORTED, jobs.ERROR):
-                    return None
-        finally:
-            for task in tasks:
-                task.cancel()
-        return [r for r in results if r is not None]
+        return stopped
 
     def close(self) -> None:
         """Stop the encoding processes."""
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.encoder.close()
 
     async def _maybe_finalize(self, job: Job) -> None:
         if finalize.all_shards_done(job):

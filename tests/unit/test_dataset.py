@@ -237,6 +237,23 @@ def test_mean_merge_equals_global_mean() -> None:
     assert gray.mean().shape == (2, 3, 1)
 
 
+def test_mean_of_many_uint8_features_is_exact() -> None:
+    # uint8 features are summed in uint16 and folded every 257: far past that, still exact.
+    feats = [np.full((2, 3, 1), 255 - i % 7, np.uint8) for i in range(1000)]
+    acc = MeanAccumulator()
+    for f in feats[:600]:
+        acc.add(f)
+    acc.add(np.full((2, 3, 1), 1000, np.uint16))  # another dtype of the same shape
+    for f in feats[600:]:
+        acc.add(f[:, :, 0])
+    want = (np.sum([int(f[0, 0, 0]) for f in feats]) + 1000) / 1001
+    assert acc.count == 1001 and acc.sum is not None and acc.sum.dtype == np.float64
+    assert acc.sum[0, 0, 0] == want * 1001
+    back = MeanAccumulator.from_bytes(acc.to_bytes())
+    assert back.count == 1001 and np.array_equal(back.sum, acc.sum)
+    np.testing.assert_allclose(back.mean(), np.full((2, 3, 1), want, np.float32))
+
+
 @pytest.mark.parametrize("shape", [(4, 5, 3), (4, 5, 1), (4, 5), (4, 5, 4)])
 def test_mean_png(shape: tuple[int, ...]) -> None:
     mean = RNG.random(shape) * 300 - 20

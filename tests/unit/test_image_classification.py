@@ -266,13 +266,32 @@ def test_a_png_that_needs_no_change_is_stored_as_it_is(data_root):
     assert np.array_equal(feature, ext1.encode_entry((fits, 1))[0])
     stored, _ = decode_sample(encode_sample(feature, label, "png", image_bytes=data))
     assert np.array_equal(stored, feature) and stored.shape == (6, 8, 1)
-    assert ext.encode_entry_sample((fits, 1), "png")[2] is None  # gray to RGB: converted
-    assert ext1.encode_entry_sample((fits, 1), "jpg")[2] is None  # only PNG as PNG
-    for name in ("fits.jpg", "resized.png", "palette.png", "bloated.png"):
+    # Otherwise the resized image is encoded: the very bytes encode_sample would make.
+    cases = [(ext, "fits.png", "png"), (ext1, "fits.png", "jpg")]  # gray to RGB; PNG to JPEG
+    cases += [(ext1, name, "png") for name in ("fits.jpg", "resized.png", "palette.png")]
+    cases += [(ext1, "bloated.png", "png")]
+    for extension, name, encoding in cases:
         path = str(folder / "a" / name)
-        feature, _, data = ext1.encode_entry_sample((path, 0), "png")
-        assert data is None, name
-        assert np.array_equal(feature, ext1.encode_entry((path, 0))[0])
+        feature, label, data = extension.encode_entry_sample((path, 0), encoding)
+        assert data is not None and data != (folder / "a" / name).read_bytes(), name
+        assert np.array_equal(feature, extension.encode_entry((path, 0))[0])
+        sample = encode_sample(feature, label, encoding, image_bytes=data)
+        assert sample == encode_sample(feature, label, encoding), name
+    fill = _ingest(
+        data_root, folder_train=str(folder), resize_width=9, resize_height=6, resize_mode="fill"
+    )
+    feature, _, data = fill.encode_entry_sample((fits, 1), "png")
+    assert data is None and np.array_equal(feature, fill.encode_entry((fits, 1))[0])
+    assert ext1.encode_entry_sample((fits, 1), "none")[2] is None
+
+    class Inverted(DataIngestion):
+        def encode_entry(self, entry):
+            feature, label = super().encode_entry(entry)
+            return 255 - feature, label
+
+    inverted = Inverted(data_roots=[str(data_root)], **ext1.get_user_data())
+    feature, _, data = inverted.encode_entry_sample((fits, 1), "png")
+    assert data is None and np.array_equal(feature, 255 - gray[:, :, None])
     (folder / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     with pytest.raises(ImageError, match="broken.png"):
         ext1.encode_entry_sample((str(folder / "a" / "broken.png"), 0), "png")

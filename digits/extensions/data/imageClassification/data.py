@@ -11,19 +11,31 @@ from typing import Any
 
 import numpy as np
 
+from digits.dataset_io import image_bytes
 from digits.paths import confine
 from digits.utils import constants, override, subclass
-from digits.utils.image import RESIZE_MODES, load_image, resize_image
+from digits.utils.image import (
+    RESIZE_MODES,
+    load_image,
+    read_image,
+    resize_image,
+    resize_image_with_pil,
+)
 
 from .. import fields
 from ..interface import DataIngestionInterface
 from . import folders, s3source, textfiles
+from .resolve import FolderResolver
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("folder", "textfile", "s3")
 ENCODINGS = ("png", "jpg", "none")
 MAX_SIDE = 8192
+NOISE_MODES = ("fill", "half_crop")  # the resize modes that draw random noise
+ENCODED = ("png", "jpg")  # the encodings whose images encode_entry_sample encodes itself
+# encoding -> the source format whose files are stored as they are when they need no change
+AS_IS = {"png": "PNG"}
 
 Entry = tuple[str, int]
 
@@ -54,6 +66,7 @@ class DataIngestion(DataIngestionInterface):
         kwargs.setdefault("seed", 0)
         super().__init__(is_inference_db=is_inference_db, **kwargs)
         self.data_roots = _roots(data_roots)
+        self._resolver = FolderResolver(self.data_roots)
         self.labels: list[str] = []
         self._splits: dict[str, list[Entry]] | None = None
         form = kwargs
@@ -344,6 +357,48 @@ class DataIngestion(DataIngestionInterface):
     @override
     def encode_entry(self, entry: Any) -> tuple[np.ndarray, int]:
         """Load, convert and resize one ``(path, label)`` entry to ``(HWC uint8 array, label)``."""
+        path, label = self._checked(entry)
+        image = load_image(self._resolver.confine(path), self.resize_channels)
+        return self._resize(image, path), label
+
+    def encode_entry_sample(
+        self, entry: Any, encoding: str
+    ) -> tuple[np.ndarray, int, bytes | None]:
+        """``encode_entry``, and the image already encoded as ``encoding`` (None: not done).
+
+        The resized image is encoded as it is, not rebuilt from the array. A PNG that is already
+        in the wanted size and mode (no conversion, no resize) decodes to exactly the feature:
+        its file is stored as it is, which saves the re-encoding, the costliest step for small
+        images (bloated files, with big metadata chunks, are re-encoded all the same).
+        """
+        if encoding not in ENCODED or type(self).encode_entry is not DataIngestion.encode_entry:
+            return (*self.encode_entry(entry), None)  # (a subclass's own encode_entry rules)
+        path, label = self._checked(entry)
+        resolved = self._resolver.confine(path)
+        fmt = AS_IS.get(encoding)
+        data = None
+        if fmt is None:
+            image = load_image(resolved, self.resize_channels)
+        else:
+            image, data = read_image(resolved, self.resize_channels)
+        feature, resized = resize_image_with_pil(
+            image,
+            self.resize_height,
+            self.resize_width,
+            self.resize_channels,
+            self.resize_mode,
+            rng=self._rng(path),
+        )
+        if data is not None and (
+            image.format == fmt
+            and image.size == (self.resize_width, self.resize_height)
+            and getattr(image, "n_frames", 1) == 1
+            and len(data) <= feature.nbytes + feature.nbytes // 16 + 1024
+        ):
+            return feature, label, data
+        return feature, label, None if resized is None else image_bytes(resized, encoding)
+
+    def _checked(self, entry: Any) -> tuple[str, int]:
         if not isinstance(entry, list | tuple) or len(entry) != 2:
             raise ValueError(f"entry must be (path, label), not {entry!r}")
         path, label = entry
@@ -351,19 +406,23 @@ class DataIngestion(DataIngestionInterface):
             raise ValueError(f"entry must be (str path, int label), not {entry!r}")
         if s3source.is_s3_url(path):
             raise s3source.fetch_first_error(path)
-        resolved = confine(path, self.data_roots)
-        image = load_image(resolved, self.resize_channels)
-        # Noise for "fill" is seeded by the path, so re-encoding a shard gives the same bytes.
-        rng = np.random.default_rng([self.seed, zlib.crc32(path.encode("utf-8", "replace"))])
-        feature = resize_image(
+        return path, label
+
+    def _resize(self, image: Any, path: str) -> np.ndarray:
+        return resize_image(
             image,
             self.resize_height,
             self.resize_width,
             self.resize_channels,
             self.resize_mode,
-            rng=rng,
+            rng=self._rng(path),
         )
-        return feature, label
+
+    def _rng(self, path: str) -> np.random.Generator | None:
+        if self.resize_mode not in NOISE_MODES:
+            return None
+        # Noise is seeded by the path, so re-encoding a shard gives the same bytes.
+        return np.random.default_rng([self.seed, zlib.crc32(path.encode("utf-8", "replace"))])
 
     # --- metadata --------------------------------------------------------------------------
 
