@@ -23,6 +23,7 @@ from werkzeug.datastructures import FileStorage
 from digits import bus, events
 from digits.jobs import INITIALIZED, STATUS_NAMES, Job, JobNotFound, new_job_id
 from gateway.forms import FormErrors, model_form
+from train_service.archive import MAX_MEMBERS, MAX_TOTAL_BYTES, SAVED_MODEL, safe_name
 from train_service.augment import Augment
 from train_service.lr_formula import DIGITS_FORM_DEFAULTS, policy_from_form
 from train_service.options import TrainOptions
@@ -271,18 +272,21 @@ def archive_problem(path: Path) -> str | None:
     """What keeps a file from being a model archive in the download format, or None."""
     try:
         with tarfile.open(path, mode="r:gz") as tar:
-            members = tar.getmembers()
-            unsafe = [m.name for m in members if not m.isfile() or "/" in m.name.removeprefix("./")]
-            if unsafe:
-                return f"only plain files at the top level belong in it, not {unsafe[:5]}"
+            members, problem = _members(tar)
+            if problem:
+                return problem
+            # The SavedModel export (saved_model/...) is allowed and not looked into.
             names = [m.name.removeprefix("./") for m in members]
             unknown = [
-                n for n in names if n not in ARCHIVE_FILES and not SNAPSHOT_NAME.fullmatch(n)
+                n
+                for n in names
+                if n not in ARCHIVE_FILES and not SNAPSHOT_NAME.fullmatch(n) and not _exported(n)
             ]
             if unknown:
                 return (
                     f"unexpected members {unknown[:5]}; a model archive holds epoch-N.keras, "
                     + (", ".join(ARCHIVE_FILES))
+                    + f" and {SAVED_MODEL}..."
                 )
             snapshots = [m for m in members if SNAPSHOT_NAME.fullmatch(m.name.removeprefix("./"))]
             if not snapshots:
@@ -303,6 +307,37 @@ def archive_problem(path: Path) -> str | None:
     except (tarfile.TarError, EOFError, OSError) as exc:
         return f"not a gzip-compressed tar archive: {exc}"
     return None
+
+
+def _members(tar: tarfile.TarFile) -> tuple[list[tarfile.TarInfo], str | None]:
+    """The archive's members, read header by header within the caps; or what is wrong."""
+    members: list[tarfile.TarInfo] = []
+    unsafe: list[str] = []
+    total = 0
+    for member in tar:
+        members.append(member)
+        if len(members) > MAX_MEMBERS:
+            return members, f"it has more than {MAX_MEMBERS} members"
+        total += member.size
+        if total > MAX_TOTAL_BYTES:
+            return members, f"it unpacks to over {MAX_TOTAL_BYTES} bytes"
+        name = member.name.removeprefix("./")
+        nested = _exported(name) and safe_name(name)
+        if not (member.isfile() and ("/" not in name or nested)) and not (
+            member.isdir() and nested
+        ):
+            unsafe.append(member.name)
+    if unsafe:
+        return members, (
+            f"only plain files at the top level or under {SAVED_MODEL} belong in it, "
+            f"not {unsafe[:5]}"
+        )
+    return members, None
+
+
+def _exported(name: str) -> bool:
+    """Whether ``name`` is the SavedModel folder or inside it."""
+    return f"{name.rstrip('/')}/".startswith(SAVED_MODEL)
 
 
 def _read(tar: tarfile.TarFile, member: tarfile.TarInfo, size: int = -1) -> bytes:

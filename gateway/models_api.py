@@ -6,6 +6,7 @@ import functools
 import math
 import tarfile
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -20,12 +21,14 @@ from gateway.accounts import User
 from gateway.auth import authenticate, login_required
 from gateway.busclient import BusClient
 from gateway.forms import FormErrors
+from train_service.archive import SAVED_MODEL  # train_service/export.py's final model export
 
 bp = Blueprint("models_api", __name__)
 F = TypeVar("F", bound=Callable[..., Any])
 # Model files in the archive, as train_service/session.py stores them under models/<job>/.
 MODEL_FILES = ("info.json", "labels.txt", "network.json")
 MEAN_FILES = ("mean.npy", "mean.png")
+FORMATS = {"tar.gz": "application/gzip", "zip": "application/zip"}
 
 
 def _bus() -> BusClient:
@@ -141,6 +144,9 @@ class _Chunks:
         parts, self.parts = self.parts, []
         yield from parts
 
+    def flush(self) -> None:
+        """Nothing buffered here (zipfile flushes when it closes)."""
+
 
 def _entries(job: Job, epochs: list[float]) -> list[tuple[str, str]]:
     """(name in the archive, store key) of every file that exists."""
@@ -151,9 +157,18 @@ def _entries(job: Job, epochs: list[float]) -> list[tuple[str, str]]:
     ]
     if job.depends_on:
         wanted += [(name, f"datasets/{job.depends_on[0]}/{name}") for name in MEAN_FILES]
+    # The SavedModel is the final model's: it comes with the latest snapshot only.
+    snapshots = [float(s) for s in job.extra.get("snapshots") or []]
+    exported = f"models/{job.id}/{SAVED_MODEL}"
+    with_export = bool(snapshots) and any(math.isclose(e, snapshots[-1]) for e in epochs)
 
     async def existing() -> list[tuple[str, str]]:
-        return [(name, key) for name, key in wanted if await store.exists(key)]
+        found = [(name, key) for name, key in wanted if await store.exists(key)]
+        if with_export:
+            found += [
+                (key.removeprefix(f"models/{job.id}/"), key) for key in await store.list(exported)
+            ]
+        return found
 
     found = client.call(existing(), timeout=60)
     if not any(name.endswith(".keras") for name, _ in found):
@@ -161,30 +176,41 @@ def _entries(job: Job, epochs: list[float]) -> list[tuple[str, str]]:
     return found
 
 
+def _stream(
+    entries: list[tuple[str, str]], fmt: str, client: BusClient, store: Store
+) -> Iterator[bytes]:
+    """The archive of ``entries`` in ``fmt``, chunk by chunk, one store file at a time."""
+    out = _Chunks()
+    archive: Any
+    if fmt == "zip":  # an unseekable stream: sizes and CRCs go in data descriptors
+        archive = zipfile.ZipFile(out, mode="w", compression=zipfile.ZIP_DEFLATED)  # type: ignore[arg-type]
+    else:
+        archive = tarfile.open(fileobj=out, mode="w|gz")  # type: ignore[call-overload]
+    with archive:
+        for name, key in entries:
+            with tempfile.NamedTemporaryFile(prefix="digits-download-") as tmp:
+                client.call(store.get_file(key, tmp.name), timeout=600)
+                if fmt == "zip":
+                    archive.write(tmp.name, arcname=name)
+                else:
+                    archive.add(tmp.name, arcname=name, recursive=False)
+            yield from out.drain()
+    yield from out.drain()
+
+
 @bp.get("/models/<job_id>/download")
+@bp.get("/models/<job_id>/download.<any('tar.gz', zip):fmt>")
 @session_or_api_login
-def download(job_id: str) -> ResponseReturnValue:
-    """The model archive (.tar.gz): snapshot(s), network.json, info.json, labels.txt, mean."""
+def download(job_id: str, fmt: str = "tar.gz") -> ResponseReturnValue:
+    """The model archive (.tar.gz or .zip): snapshot(s), SavedModel, info, labels, mean."""
     job = _model(job_id)
     epochs = _epochs(job)
     entries = _entries(job, epochs)
-    client, store = _bus(), _store()
-
-    def generate() -> Iterator[bytes]:
-        out = _Chunks()
-        with tarfile.open(fileobj=out, mode="w|gz") as tar:  # type: ignore[call-overload]
-            for name, key in entries:
-                with tempfile.NamedTemporaryFile(prefix="digits-download-") as tmp:
-                    client.call(store.get_file(key, tmp.name), timeout=600)
-                    tar.add(tmp.name, arcname=name, recursive=False)
-                yield from out.drain()
-        yield from out.drain()
-
     tag = "all" if len(epochs) > 1 else f"epoch_{epochs[0]:g}"
-    filename = f"{job.id}_{tag}.tar.gz"
+    filename = f"{job.id}_{tag}.{fmt}"
     return Response(
-        generate(),
-        mimetype="application/gzip",
+        _stream(entries, fmt, _bus(), _store()),
+        mimetype=FORMATS[fmt],
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
 

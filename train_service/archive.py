@@ -1,8 +1,9 @@
 """Pretrained model archives: checked, then one snapshot taken out to fine-tune from.
 
 The archive is the model download's format (gateway/models_api.py): a .tar.gz of ``epoch-N.keras``
-snapshots, ``network.json``, ``info.json``, ``labels.txt`` and the mean image. It comes from a user,
-so nothing in it is trusted: every member must be a plain file under a safe relative name (no
+snapshots, ``network.json``, ``info.json``, ``labels.txt``, the mean image and the SavedModel
+export's files under ``saved_model/`` (checked like the rest, never extracted). It comes from a
+user, so nothing in it is trusted: every member must be a plain file under a safe relative name (no
 absolute path, no ``..``, no links or devices), within the caps below; only the chosen snapshot is
 written out, under a name of our own.
 """
@@ -20,6 +21,15 @@ MAX_MEMBER_BYTES = 4 << 30  # one file, uncompressed
 MAX_TOTAL_BYTES = 8 << 30  # every file, uncompressed
 MAX_MEMBERS = 10_000
 _SNAPSHOT = re.compile(r"^epoch-(\d+(?:\.\d+)?)\.keras$")
+SAVED_MODEL = "saved_model/"  # train_service/export.py's folder in the archive
+
+
+def safe_name(name: str) -> bool:
+    """Whether ``name`` is a relative path that stays inside the archive."""
+    path = PurePosixPath(name)
+    return bool(name) and not (
+        name.startswith("/") or "\\" in name or path.is_absolute() or ".." in path.parts
+    )
 
 
 class ArchiveError(ValueError):
@@ -27,11 +37,11 @@ class ArchiveError(ValueError):
 
 
 def _check_name(name: str) -> None:
-    path = PurePosixPath(name)
-    if not name or name.startswith("/") or "\\" in name or path.is_absolute():
-        raise ArchiveError(f"archive member {name!r} has an absolute or unsafe path")
-    if any(part == ".." for part in path.parts):
+    if safe_name(name):
+        return
+    if ".." in PurePosixPath(name).parts:
         raise ArchiveError(f"archive member {name!r} points outside the archive ('..')")
+    raise ArchiveError(f"archive member {name!r} has an absolute or unsafe path")
 
 
 def snapshots(path: Path) -> dict[float, tarfile.TarInfo]:
@@ -61,7 +71,9 @@ def snapshots(path: Path) -> dict[float, tarfile.TarInfo]:
                 total += member.size
                 if total > MAX_TOTAL_BYTES:
                     raise ArchiveError(f"the archive unpacks to over {MAX_TOTAL_BYTES} bytes")
-                match = _SNAPSHOT.match(PurePosixPath(member.name).name)
+                path = PurePosixPath(member.name)
+                exported = path.parts[:1] == (SAVED_MODEL.rstrip("/"),)
+                match = None if exported else _SNAPSHOT.match(path.name)
                 if match:
                     epoch = float(match.group(1))
                     if epoch in found:

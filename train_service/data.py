@@ -7,11 +7,14 @@ Item ``k`` of batch ``i`` in epoch ``e`` draws its randomness from ``(seed, e, i
 are the same whatever the prefetch order and however many threads or workers build them. Pass
 ``shuffle=False`` to ``Model.fit``: this class shuffles, reproducibly; Keras's own shuffle
 reorders batches with the global ``random``.
+
+When the stage's decoded samples fit ``cache_mb`` they are kept in memory as first decoded
+(``train_service.shard_cache.SampleCache``): later epochs skip LMDB and decoding, and still
+shuffle, crop and augment afresh, on copies. Beyond the budget, samples stream from the shards.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import threading
@@ -25,54 +28,18 @@ import numpy as np
 
 from digits.dataset import Dataset, Label, ShardReader
 from train_service.augment import Augment
+from train_service.shard_cache import DEFAULT_CACHE_MB, SampleCache, acquire, release
 
-__all__ = ["MEAN_MODES", "Augment", "ShardedDataset", "input_shape", "value_range"]
+__all__ = [
+    "DEFAULT_CACHE_MB",
+    "MEAN_MODES",
+    "Augment",
+    "ShardedDataset",
+    "input_shape",
+    "value_range",
+]
 
 MEAN_MODES = ("none", "image", "pixel")
-
-# LMDB lets a process open a file once, so every ShardedDataset of a process shares one reader
-# per shard file, counted by holder and closed with the last one (or reopened after a fork).
-_lock = threading.Lock()
-_readers: dict[str, ShardReader] = {}
-_refs: dict[str, int] = {}
-
-
-def _after_fork() -> None:
-    global _lock
-    _lock = threading.Lock()
-    for reader in _readers.values():
-        with contextlib.suppress(Exception):
-            reader.close()
-    _readers.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork)
-
-
-def _acquire(path: str, held: set[str]) -> ShardReader:
-    """The process's reader of ``path``, counted once for the holder ``held``."""
-    with _lock:
-        if path not in held:
-            held.add(path)
-            _refs[path] = _refs.get(path, 0) + 1
-        reader = _readers.get(path)
-        if reader is None:
-            reader = _readers[path] = ShardReader(path)
-        return reader
-
-
-def _release(held: set[str]) -> None:
-    """Drop the holder's counts; close the readers nobody holds any more."""
-    with _lock:
-        for path in held:
-            _refs[path] -= 1
-            if _refs[path] <= 0:
-                del _refs[path]
-                reader = _readers.pop(path, None)
-                if reader is not None:
-                    reader.close()
-        held.clear()
-
 
 SMALL_SAMPLE = 32 * 1024  # values per sample below which decoding stays on one thread
 
@@ -90,9 +57,9 @@ def _feature_shape(dataset: Dataset, stage: str | None = None) -> tuple[int, int
         pairs = zip(dataset.shard_paths(stage), _shards(dataset, stage), strict=True)
         held: set[str] = set()
         try:
-            shape = list(_acquire(str(next(p for p, n in pairs if n)), held).get(0)[0].shape)
+            shape = list(acquire(str(next(p for p, n in pairs if n)), held).get(0)[0].shape)
         finally:
-            _release(held)
+            release(held)
     if len(shape) == 2:
         shape.append(1)
     if len(shape) != 3:
@@ -138,6 +105,7 @@ class ShardedDataset(keras.utils.PyDataset):
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
+        cache_mb: float = DEFAULT_CACHE_MB,
     ) -> None:
         super().__init__(
             workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size
@@ -175,7 +143,9 @@ class ShardedDataset(keras.utils.PyDataset):
         self._mean = self._load_mean()
         self._epoch = 0
         self._order = self._make_order()
+        self.cache_mb = cache_mb
         self._init_state()
+        self.cache_bytes = self._cache.nbytes if self._cache is not None else 0
 
     def _load_mean(self) -> np.ndarray | None:
         if self.mean_mode == "none":
@@ -195,13 +165,19 @@ class ShardedDataset(keras.utils.PyDataset):
 
     def _init_state(self) -> None:
         self._held: set[str] = set()
-        self._finalizer = weakref.finalize(self, _release, self._held)
+        self._finalizer = weakref.finalize(self, release, self._held)
         self._pid = os.getpid()
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._cache: SampleCache | None = None
+        if self.cache_mb > 0:
+            first, label = self._read(0)
+            self._cache = SampleCache.plan(self.count, first, label, self.cache_mb)
+            if self._cache is not None:
+                self._cache.put(0, first, label)
 
     def __getstate__(self) -> dict[str, Any]:
-        drop = ("_held", "_finalizer", "_pid", "_pool", "_pool_lock")
+        drop = ("_held", "_finalizer", "_pid", "_pool", "_pool_lock", "_cache")
         return {k: v for k, v in self.__dict__.items() if k not in drop}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -252,7 +228,7 @@ class ShardedDataset(keras.utils.PyDataset):
         return self._order[index * self.batch_size : (index + 1) * self.batch_size]
 
     def _reader(self, shard: int) -> ShardReader:
-        return _acquire(self._paths[shard], self._held)
+        return acquire(self._paths[shard], self._held)
 
     def load(self, index: int) -> tuple[np.ndarray, Label]:
         """Sample ``index`` of the stage (counted across shards), decoded, as float32 HWC."""
@@ -260,6 +236,18 @@ class ShardedDataset(keras.utils.PyDataset):
         return feature.astype(np.float32), label
 
     def _decoded(self, index: int) -> tuple[np.ndarray, Label]:
+        """Sample ``index`` as stored (HWC, read-only when cached): from the cache or a shard."""
+        cache = self._cache
+        if cache is not None:
+            hit = cache.get(index)
+            if hit is not None:
+                return hit
+        feature, label = self._read(index)
+        if cache is not None:
+            cache.put(index, feature, label)
+        return feature, label
+
+    def _read(self, index: int) -> tuple[np.ndarray, Label]:
         shard = int(np.searchsorted(self._offsets, index, side="right")) - 1
         feature, label = self._reader(shard).get(index - int(self._offsets[shard]))
         feature = feature[:, :, None] if feature.ndim == 2 else feature
@@ -294,16 +282,23 @@ class ShardedDataset(keras.utils.PyDataset):
         idx = [int(i) for i in self.indices(index)]
         if self._per_batch():
             # Nothing random per sample: decode, then mean, crop and scale once for the batch.
-            decoded = self._map(self._decoded, idx)
-            if all(self._mask(label) is None for _, label in decoded):
-                x = np.stack([f for f, _ in decoded]).astype(np.float32)
+            cached = self._cache.batch(idx) if self._cache is not None else None
+            if cached is not None:
+                stored, labels = cached
+            else:
+                decoded = self._map(self._decoded, idx)
+                stored, labels = None, [label for _, label in decoded]
+            if all(self._mask(label) is None for label in labels):
+                if stored is None:
+                    stored = np.stack([f for f, _ in decoded])
+                x = stored.astype(np.float32)
                 if self._mean is not None:
                     x -= self._mean
                 if self.crop_size:
                     x, _ = self._crop(x, None, None)
                 if self.scale != 1.0:
                     x *= np.float32(self.scale)
-                return x, self._labels([label for _, label in decoded], idx)
+                return x, self._labels(labels, idx)
         samples = self._map(self.sample, [(i, index, k) for k, i in enumerate(idx)])
         x = np.stack([f for f, _ in samples])
         return x, self._labels([label for _, label in samples], idx)
@@ -378,12 +373,22 @@ class ShardedDataset(keras.utils.PyDataset):
             a, b = (h - c) // 2, (w - c) // 2
         return x[:, a : a + c, b : b + c], None if masks is None else masks[:, a : a + c, b : b + c]
 
+    @property
+    def cached(self) -> int:
+        """How many of the stage's samples are in memory now (0 when it streams)."""
+        return self._cache.cached if self._cache is not None else 0
+
     def close(self) -> None:
-        """Stop the decode threads; close the shard files no other dataset of the process holds."""
+        """Stop the decode threads, drop the cache; close shard files nobody else holds."""
+        old = self._cache
+        first = old.get(0) if old is not None else None
+        if first is not None:  # a fresh, untouched cache: the memory goes back now
+            self._cache = SampleCache(self.count, *first)
+            self._cache.put(0, *first)
         pool, self._pool = self._pool, None
         if pool is not None and self._pid == os.getpid():
             pool.shutdown(wait=True)
-        _release(self._held)
+        release(self._held)
 
     def __enter__(self) -> ShardedDataset:
         return self

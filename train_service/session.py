@@ -66,6 +66,7 @@ class TrainSession:
         cache_dir: Path,
         previous: Path | None = None,
         plan: Plan | None = None,
+        sample_cache_mb: float | None = None,
     ) -> None:
         self.job = job
         self.options = options
@@ -76,11 +77,13 @@ class TrainSession:
         self.previous = previous
         self.plan = plan or Plan((), (), explicit=False)
         self.replaced_head: str | None = None
+        self.sample_cache_mb = sample_cache_mb
+        self.saved_model: dict[str, Any] | None = None  # the SavedModel export, if any
 
     def run(self) -> Result:
         """Train to the end (or the abort); a crash resumes from the last epoch's checkpoint."""
         from digits import dataset as datasets
-        from train_service import data, devices, tasks
+        from train_service import data, devices, export, tasks
 
         opts = self.options
         dataset_id = self.job.depends_on[0]
@@ -92,6 +95,7 @@ class TrainSession:
         self.task = tasks.detect(dataset, opts.form)
         augment = data.Augment.from_form(opts.form)
         common = {"mean": self.task.mean, "crop_size": opts.crop_size, "scale": self.task.scale}
+        budget = data.DEFAULT_CACHE_MB if self.sample_cache_mb is None else self.sample_cache_mb
         train = data.ShardedDataset(
             dataset,
             "train_db",
@@ -100,13 +104,28 @@ class TrainSession:
             seed=opts.seed or 0,
             augment=augment,
             training=True,
+            cache_mb=budget,
             **common,
         )
         val = None
         if "val_db" in dataset.stages and dataset.count("val_db"):
+            # One budget for both stages: validation gets what training left.
+            left = max(0.0, budget - train.cache_bytes / 2**20)
             val = data.ShardedDataset(
-                dataset, "val_db", opts.batch_size, shuffle=False, training=False, **common
+                dataset,
+                "val_db",
+                opts.batch_size,
+                shuffle=False,
+                training=False,
+                cache_mb=left,
+                **common,
             )
+        log.info(
+            "job %s caches %.1f MiB of decoded samples (budget %g MiB)",
+            self.job.id,
+            (train.cache_bytes + (val.cache_bytes if val is not None else 0)) / 2**20,
+            budget,
+        )
         steps_per_epoch = len(train)
         total_steps = max(1, math.ceil(opts.epochs * steps_per_epoch))
         strategy = devices.strategy(self.plan)
@@ -134,7 +153,14 @@ class TrainSession:
             final = round(callback.step / steps_per_epoch, 4)
             if not aborted and (not state.snapshots or state.snapshots[-1] < final):
                 callback.snapshot(final)
+            if not aborted:  # the model now is the last snapshot's: export that one
+                self.saved_model = export.saved_model(model, Path(tmp), self.bridge)
+                if self.saved_model is not None:
+                    self.saved_model["epoch"] = final
             self._write_info(model, dataset, state, final)
+        for stage in (train, val):  # the cache's memory and the shard files go back now
+            if stage is not None:
+                stage.close()
         return Result(final, list(state.snapshots), dict(state.metrics), aborted)
 
     def _model(self, tmp: Path, dataset: Any, total_steps: int) -> tuple[Any, State]:
@@ -202,6 +228,7 @@ class TrainSession:
             "devices": list(self.plan.names),
             "num_replicas_in_sync": self.replicas,
             "backend": keras.backend.backend(),
+            "saved_model": self.saved_model,
         }
         if opts.method in ("previous", "pretrained"):
             info["started_from"] = {

@@ -42,19 +42,19 @@ class Task:
 
 def _labels(dataset: Dataset, limit: int) -> list[Label]:
     """Up to ``limit`` labels of train_db, without decoding the images."""
-    # LMDB opens a file once a process: share the training pipeline's readers (data._acquire).
-    from train_service.data import _acquire, _release
+    # LMDB opens a file once a process: share the training pipeline's readers (shard_cache).
+    from train_service.shard_cache import acquire, release
 
     found: list[Label] = []
     held: set[str] = set()
     try:
         for path in dataset.shard_paths("train_db"):
-            for raw in itertools.islice(_acquire(str(path), held).raw(), limit - len(found)):
+            for raw in itertools.islice(acquire(str(path), held).raw(), limit - len(found)):
                 found.append(sample_label(raw))
             if len(found) >= limit:
                 break
     finally:
-        _release(held)
+        release(held)
     return found
 
 

@@ -78,6 +78,7 @@ class Trainer:
             cache_dir=Path(self.settings.data_dir, "cache"),
             previous=previous,
             plan=plan,
+            sample_cache_mb=self.settings.train_cache_mb,
         )
         try:
             result = await asyncio.to_thread(session.run)

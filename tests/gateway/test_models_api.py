@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import zipfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -40,9 +41,20 @@ def trained(app, bus_client, snapshots=(1.0, 2.0)) -> jobs.Job:
     (folder / "network.json").write_text("{}")
     for epoch in snapshots:
         (folder / "snapshots" / f"epoch-{epoch:g}.keras").write_bytes(b"weights %g" % epoch)
+    for name, data in SAVED_MODEL.items():  # train_service/export.py's files, final model
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
     (root / "datasets" / ds.id).mkdir(parents=True)
     (root / "datasets" / ds.id / "mean.npy").write_bytes(b"mean")
     return job
+
+
+SAVED_MODEL = {
+    "saved_model/saved_model.pb": b"graph",
+    "saved_model/fingerprint.pb": b"print",
+    "saved_model/variables/variables.index": b"index",
+    "saved_model/variables/variables.data-00000-of-00001": b"\0" * 3000,
+}
 
 
 def members(response) -> dict[str, bytes]:
@@ -50,22 +62,51 @@ def members(response) -> dict[str, bytes]:
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.mimetype == "application/gzip"
     with tarfile.open(fileobj=io.BytesIO(response.get_data()), mode="r:gz") as tar:
+        assert all(m.isfile() for m in tar.getmembers())
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+def zip_members(response) -> dict[str, bytes]:
+    """The files of a .zip response, by name (its CRCs checked)."""
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.mimetype == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(response.get_data())) as z:
+        assert z.testzip() is None
+        return {name: z.read(name) for name in z.namelist()}
 
 
 def test_download_streams_the_latest_snapshot_with_its_files(app, client, bus_client):
     job = trained(app, bus_client)
     response = client.get(f"/models/{job.id}/download", headers=ADMIN)
     files = members(response)
-    assert sorted(files) == ["epoch-2.keras", "info.json", "labels.txt", "mean.npy", "network.json"]
+    assert sorted(files) == sorted(
+        ["epoch-2.keras", "info.json", "labels.txt", "mean.npy", "network.json", *SAVED_MODEL]
+    )
+    assert {name: files[name] for name in SAVED_MODEL} == SAVED_MODEL
     assert json.loads(files["info.json"])["job_id"] == job.id
     assert files["epoch-2.keras"] == b"weights 2"
     disposition = response.headers["Content-Disposition"]
     assert disposition == f'attachment; filename="{job.id}_epoch_2.tar.gz"'
     one = members(client.get(f"/models/{job.id}/download?epoch=1", headers=ADMIN))
     assert "epoch-1.keras" in one and "epoch-2.keras" not in one
+    assert not any(n.startswith("saved_model/") for n in one), "the export is the final model's"
     every = members(client.get(f"/models/{job.id}/download?epoch=all", headers=ADMIN))
-    assert {"epoch-1.keras", "epoch-2.keras"} <= set(every)
+    assert {"epoch-1.keras", "epoch-2.keras", *SAVED_MODEL} <= set(every)
+
+
+def test_download_suffixes_pick_tar_gz_or_zip(app, client, bus_client):
+    job = trained(app, bus_client)
+    plain = members(client.get(f"/models/{job.id}/download", headers=ADMIN))
+    tgz = client.get(f"/models/{job.id}/download.tar.gz?epoch=2", headers=ADMIN)
+    assert members(tgz) == plain
+    assert tgz.headers["Content-Disposition"].endswith(f'filename="{job.id}_epoch_2.tar.gz"')
+    response = client.get(f"/models/{job.id}/download.zip", headers=ADMIN)
+    assert zip_members(response) == plain
+    assert response.headers["Content-Disposition"].endswith(f'filename="{job.id}_epoch_2.zip"')
+    one = zip_members(client.get(f"/models/{job.id}/download.zip?epoch=1", headers=ADMIN))
+    assert sorted(one) == ["epoch-1.keras", "info.json", "labels.txt", "mean.npy", "network.json"]
+    assert client.get(f"/models/{job.id}/download.rar", headers=ADMIN).status_code == 404
+    assert client.get(f"/models/{job.id}/download.zip").status_code == 401
 
 
 def test_download_errors_name_the_problem(app, client, bus_client):

@@ -35,7 +35,7 @@ def keras_file() -> bytes:
     return buf.getvalue()
 
 
-def archive(members: dict[str, bytes], extra_dir: str = "") -> bytes:
+def archive(members: dict[str, bytes], extra_dir: str = "", link: str = "") -> bytes:
     """A .tar.gz of ``members`` (name -> bytes), as /models/<id>/download streams one."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
@@ -47,7 +47,18 @@ def archive(members: dict[str, bytes], extra_dir: str = "") -> bytes:
             info = tarfile.TarInfo(extra_dir)
             info.type = tarfile.DIRTYPE
             tar.addfile(info)
+        if link:
+            info = tarfile.TarInfo(link)
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(info)
     return buf.getvalue()
+
+
+SAVED_MODEL = {
+    "saved_model/saved_model.pb": b"graph",
+    "saved_model/variables/variables.index": b"index",
+    "saved_model/variables/variables.data-00000-of-00001": b"\0" * 100,
+}
 
 
 def download_format(**overrides: bytes) -> dict[str, bytes]:
@@ -109,6 +120,15 @@ def test_an_uploaded_archive_is_stored_and_named_by_model_create(app, browser, b
     assert bus_client.call(store.get(key)) == data, "the archive as uploaded"
 
 
+def test_an_archive_with_the_saved_model_export_is_taken(app, browser, bus_client):
+    ds = dataset(bus_client)
+    data = archive(download_format(**SAVED_MODEL), extra_dir="saved_model/assets")
+    response = post(browser, data, dataset=ds.id)
+    assert response.status_code == 303, unescape(response.get_data(as_text=True))[-3000:]
+    [command] = stored_events(bus_client, subjects.CMD_MODEL_CREATE)
+    assert stored_uploads(app, bus_client) == [command.form["pretrained_archive"]]
+
+
 def test_the_generic_form_takes_an_archive_too(app, browser, bus_client):
     ds = dataset(bus_client, "image-segmentation")
     response = post(browser, archive(download_format()), dataset=ds.id, generic="1")
@@ -132,6 +152,13 @@ BAD = [
     ),
     ("m.tgz", archive(download_format(), extra_dir="sub"), "only plain files at the top level"),
     ("m.tgz", archive(download_format(**{"../x.keras": b"PK"})), "only plain files at the top"),
+    (
+        "m.tgz",
+        archive(download_format(**{"saved_model/../../x.pb": b"x"})),
+        "not ['saved_model/../../x.pb']",
+    ),
+    ("m.tgz", archive(download_format(), link="saved_model/v.pb"), "not ['saved_model/v.pb']"),
+    ("m.tgz", archive(download_format(**{"other/x.pb": b"x"})), "not ['other/x.pb']"),
 ]
 
 
@@ -262,6 +289,12 @@ def test_fine_tune_from_an_uploaded_download_of_a_trained_lenet(
         base = train()
         download = browser.get(f"/models/{base}/download")
         assert download.status_code == 200
+        with tarfile.open(fileobj=io.BytesIO(download.get_data()), mode="r:gz") as tar:
+            names = sorted(tar.getnames())
+        assert "saved_model/saved_model.pb" in names and "epoch-1.keras" in names, names
+        as_zip = browser.get(f"/models/{base}/download.zip")
+        with zipfile.ZipFile(io.BytesIO(as_zip.get_data())) as z:
+            assert sorted(z.namelist()) == names and z.testzip() is None
         upload = FileStorage(io.BytesIO(download.get_data()), f"{base}_epoch_1.tar.gz")
         tuned = train(method="pretrained", model_name="tuned", pretrained_archive_file=upload)
         [_, command] = stored_events(bus_of(app), subjects.CMD_MODEL_CREATE)

@@ -113,8 +113,11 @@ def check_saved_model(folder: Path, epoch: float) -> None:
     }
     assert (folder / "saved_model" / "saved_model.pb").is_file()
     x = np.random.default_rng(0).normal(size=(5, 28, 28, 1)).astype(np.float32)
-    want = keras.models.load_model(folder / "snapshots" / f"epoch-{epoch:g}.keras")(x)
-    served = tf.saved_model.load(str(folder / "saved_model")).serve(tf.constant(x))
+    want = keras.models.load_model(folder / "snapshots" / f"epoch-{epoch:g}.keras", compile=False)(
+        x
+    )
+    loaded = tf.saved_model.load(str(folder / "saved_model"))  # held: its variables live on it
+    served = loaded.serve(tf.constant(x))
     np.testing.assert_allclose(np.asarray(served), np.asarray(want), rtol=1e-4, atol=1e-5)
     layer = keras.layers.TFSMLayer(str(folder / "saved_model"), call_endpoint="serve")
     np.testing.assert_allclose(np.asarray(layer(x)), np.asarray(want), rtol=1e-4, atol=1e-5)

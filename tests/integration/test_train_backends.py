@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 
 import pytest
@@ -28,6 +29,7 @@ async def test_lenet_trains_on_another_keras_backend(
     nc,
     stack,
     digits_folder,  # noqa: F811
+    tmp_path,
 ):
     if importlib.util.find_spec(backend) is None:
         message = f"{backend} is not installed (.ci/run installs it)"
@@ -49,3 +51,6 @@ async def test_lenet_trains_on_another_keras_backend(
     assert model.extra["backend"] == backend and model.extra["num_replicas_in_sync"] == 1
     assert model.extra["snapshots"] == [1, 2]
     assert model.extra["final_metrics"]["val_accuracy"] >= 0.8
+    folder = tmp_path / "store" / "models" / model.id
+    info = json.loads((folder / "info.json").read_text())
+    assert info["saved_model"] is None and not (folder / "saved_model").exists(), "TF only"

@@ -171,3 +171,20 @@ def test_the_chosen_snapshot_is_extracted_and_non_archives_are_refused(tmp_path)
         tar.add(src / "epoch-1.keras", arcname="network.json")
     with pytest.raises(archive.ArchiveError, match="no epoch-N.keras snapshot"):
         archive.extract_snapshot(tmp_path / "empty.tar.gz", tmp_path / "e")
+
+
+def test_saved_model_members_are_checked_but_never_snapshots(tmp_path):
+    src = tmp_path / "epoch-1.keras"
+    src.write_text("1")
+    with tarfile.open(tmp_path / "m.tar.gz", "w:gz") as tar:
+        tar.add(src, arcname="epoch-1.keras")
+        for name in ("saved_model.pb", "variables/variables.index", "epoch-9.keras"):
+            tar.add(src, arcname=f"saved_model/{name}")
+    assert sorted(archive.snapshots(tmp_path / "m.tar.gz")) == [1.0]
+    got = archive.extract_snapshot(tmp_path / "m.tar.gz", tmp_path / "a")
+    assert got.name == "epoch-1.keras" and sorted(p.name for p in (tmp_path / "a").iterdir()) == [
+        "epoch-1.keras"
+    ]
+    path = evil_archive(tmp_path / "evil.tar.gz", "saved_model/variables", tarfile.SYMTYPE)
+    with pytest.raises(archive.ArchiveError, match="'saved_model/variables' is a link"):
+        archive.extract_snapshot(path, tmp_path / "b")
