@@ -2,30 +2,25 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
 import nats.errors
 import nats.js.errors
-from flask import Blueprint, abort, current_app, jsonify, request
+from flask import Blueprint, abort, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
-from digits import bus, events, subjects
+from digits import events, subjects
 from digits.jobs import (
     INITIALIZED,
     STATUS_NAMES,
     TERMINAL,
     Job,
     JobNotFound,
-    JobStore,
     new_job_id,
 )
-from digits.secrets import SECRET_FIELDS, SecretBox, SecretStore, seal_form
 from gateway.accounts import AccountError
 from gateway.auth import accounts_of, current_user, login_required
-from gateway.busclient import BusClient
 from gateway.forms import (
     FormErrors,
     dataset_form,
@@ -34,71 +29,13 @@ from gateway.forms import (
     plugin_form,
     redacted,
 )
+from gateway.runtime import bus_client as _bus
+from gateway.runtime import job_store as _jobs
+from gateway.runtime import pending as _pending
+from gateway.runtime import publish as _publish
+from gateway.runtime import sealed as _sealed
 
 bp = Blueprint("api", __name__)
-PENDING_S = 300.0  # how long a job this gateway submitted is "Initialized" before it is stored
-
-
-def _bus() -> BusClient:
-    from gateway.app import bus_of
-
-    return bus_of(current_app)
-
-
-def _jobs() -> JobStore:
-    store = _bus().jobs
-    if store is None:
-        abort(503, description="not connected to NATS yet")
-    return store
-
-
-def _publish(event: events.Event) -> None:
-    bus_client = _bus()
-    assert bus_client.nc is not None
-    bus_client.call(bus.publish_event(bus_client.nc.jetstream(), event), timeout=15)
-
-
-def _sealed(form: dict[str, Any], owner: str) -> dict[str, Any]:
-    """The form with its credentials moved into the secret store: commands carry a reference."""
-    if not any(form.get(k) for k in SECRET_FIELDS):
-        return form
-    key = current_app.config["SETTINGS"].secret_key
-    if not key:
-        message = "the gateway has no DIGITS_SECRET_KEY, so credentials cannot be stored"
-        raise FormErrors({k: [message] for k in SECRET_FIELDS if form.get(k)})
-    bus_client = _bus()
-    assert bus_client.nc is not None
-
-    async def seal() -> dict[str, Any]:
-        kv = await bus_client.nc.jetstream().key_value(subjects.KV_SECRETS)
-        return await seal_form(SecretStore(kv, SecretBox(key)), form, owner=owner)
-
-    return bus_client.call(seal(), timeout=15)
-
-
-class _Pending:
-    """Jobs this gateway asked for whose records the services have not stored yet."""
-
-    def __init__(self) -> None:
-        self._jobs: dict[str, tuple[float, dict[str, Any]]] = {}
-        self._lock = threading.Lock()
-
-    def add(self, job_id: str, summary: dict[str, Any]) -> None:
-        """Remember a submitted job's summary."""
-        now = time.monotonic()
-        with self._lock:
-            self._jobs = {k: v for k, v in self._jobs.items() if now - v[0] < PENDING_S}
-            self._jobs[job_id] = (now, summary)
-
-    def get(self, job_id: str) -> dict[str, Any] | None:
-        """The summary of a recently submitted job, if any."""
-        with self._lock:
-            found = self._jobs.get(job_id)
-        return found[1] if found and time.monotonic() - found[0] < PENDING_S else None
-
-
-def _pending() -> _Pending:
-    return current_app.extensions.setdefault("digits_pending_jobs", _Pending())
 
 
 def _summary(job: Job) -> dict[str, Any]:

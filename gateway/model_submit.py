@@ -192,8 +192,8 @@ def check(
 
 def submit(name: str, dataset: Job, group: str, checked: dict[str, Any], owner: str) -> str:
     """Publish model.create for a checked form; the new job's id."""
-    from gateway.api import _pending
     from gateway.app import bus_of
+    from gateway.runtime import pending as _pending
 
     job_id = new_job_id()
     command = events.ModelCreate(

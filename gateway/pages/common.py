@@ -10,11 +10,11 @@ from urllib.parse import urlsplit
 from flask import abort, current_app, g, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
 
-from digits import bus, events
-from digits.jobs import JobStore
 from gateway.accounts import User
 from gateway.auth import accounts_of
-from gateway.busclient import BusClient
+from gateway.runtime import bus_client as bus_client  # re-exported for the pages
+from gateway.runtime import job_store as job_store
+from gateway.runtime import publish as publish
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -65,28 +65,6 @@ def page_login_required(view: F) -> F:
         return view(*args, **kwargs)
 
     return wrapped  # type: ignore[return-value]
-
-
-def bus_client() -> BusClient:
-    """The app's bus client."""
-    from gateway.app import bus_of
-
-    return bus_of(current_app)
-
-
-def job_store() -> JobStore:
-    """The job store, or 503 while the gateway is not connected to NATS."""
-    store = bus_client().jobs
-    if store is None:
-        abort(503, description="not connected to NATS yet")
-    return store
-
-
-def publish(event: events.Event) -> None:
-    """Publish a command or fact on the bus (waits for the stream's ack)."""
-    client = bus_client()
-    assert client.nc is not None
-    client.call(bus.publish_event(client.nc.jetstream(), event), timeout=15)
 
 
 def may_change(owner: str) -> bool:

@@ -22,7 +22,6 @@ from digits import events
 from digits.extensions.data import UnknownExtension, get_extension
 from digits.jobs import INITIALIZED, STATUS_NAMES, Job, JobNotFound, new_job_id
 from digits.paths import PathNotAllowed, confine
-from gateway.api import _pending, _sealed
 from gateway.forms import FormErrors, dataset_form, plugin_dataset_form, plugin_form
 from gateway.pages import dataset_forms as df
 from gateway.pages import dataset_view as dv
@@ -38,6 +37,8 @@ from gateway.pages.jobdata import (
     read_dataset_file,
     status_name,
 )
+from gateway.runtime import pending as _pending
+from gateway.runtime import sealed as _sealed
 
 bp = Blueprint("datasets", __name__)
 CLASSIFICATION = "image-classification"

@@ -220,7 +220,7 @@ def _find(job_id: str) -> tuple[Job | None, bool]:
     try:
         job = bus_client().call(job_store().get(job_id))
     except JobNotFound:
-        from gateway.api import _pending
+        from gateway.runtime import pending as _pending
 
         summary = _pending().get(job_id)
         if summary is None or summary.get("type") != "model":
