@@ -241,12 +241,13 @@ async def _serve(
     class Role(ServiceRuntime):
         took = False
 
-        def add_worker(self, spec, handler):  # type: ignore[no-untyped-def]
+        def add_worker(self, spec, handler, **kw):  # type: ignore[no-untyped-def]
             if only and spec.durable not in only | {subjects.CONSUMER_DLQ_FORWARDER}:
                 return None  # another role's consumer: another process runs it
             if spec.durable == once:
                 handler = self._one(handler)
-            return super().add_worker(spec, handler)
+                kw.pop("factory", None)  # a plain worker: a prefetching one would take a second
+            return super().add_worker(spec, handler, **kw)
 
         def _one(self, handler: bus.Handler) -> bus.Handler:
             async def one(msg: object) -> None:

@@ -74,16 +74,26 @@ class ServiceRuntime:
             partial(bus.forward_max_deliveries, self.js),
         )
 
-    def add_worker(self, spec: subjects.ConsumerSpec, handler: bus.Handler) -> bus.Worker:
-        """Run a pull-worker loop on a durable consumer until the service stops."""
+    def add_worker(
+        self,
+        spec: subjects.ConsumerSpec,
+        handler: bus.Handler,
+        *,
+        factory: Callable[..., bus.Worker] | None = None,
+    ) -> bus.Worker:
+        """Run a pull-worker loop on a durable consumer until the service stops.
+
+        ``factory`` builds a ``bus.Worker`` subclass instead (called with the JetStream context,
+        the consumer spec, the handler and ``metrics``), e.g. one that prefetches.
+        """
         assert self.js is not None, "start() first"
-        worker = bus.Worker(
-            self.js,
-            _with_settings(spec, self.settings),
-            handler,
-            metrics=self.metrics,
-            batch=self.settings.worker_batch,
-        )
+        spec = _with_settings(spec, self.settings)
+        if factory is not None:
+            worker = factory(self.js, spec, handler, metrics=self.metrics)
+        else:
+            worker = bus.Worker(
+                self.js, spec, handler, metrics=self.metrics, batch=self.settings.worker_batch
+            )
         self._workers.append(worker)
         self._spawn(worker.run(self.stop))
         return worker

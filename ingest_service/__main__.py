@@ -8,7 +8,6 @@ import multiprocessing
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
 from functools import partial
 
 from digits import subjects
@@ -61,14 +60,12 @@ async def setup(rt: ServiceRuntime) -> None:
     )
     rt.add_worker(subjects.CONSUMERS[subjects.CONSUMER_DATASET_COMMANDS], pipeline.on_create)
     # Shards and finalize: a second work item in hand while one encodes (see PrefetchWorker).
-    spec = subjects.CONSUMERS[subjects.CONSUMER_INGEST]
-    spec = replace(spec, ack_wait_s=settings.ack_wait_s, max_deliver=settings.max_deliver)
     depth = max(2, settings.worker_batch)
-    room = pipeline.encoder.room
-    shards = PrefetchWorker(
-        rt.js, spec, pipeline.on_work, metrics=rt.metrics, depth=depth, room=room
+    rt.add_worker(
+        subjects.CONSUMERS[subjects.CONSUMER_INGEST],
+        pipeline.on_work,
+        factory=partial(PrefetchWorker, depth=depth, room=pipeline.encoder.room),
     )
-    rt.background(shards.run(rt.stop))
     watcher = Watcher(pipeline)
     rt.add_worker(subjects.CONSUMERS[subjects.CONSUMER_S3_NOTIFICATIONS], watcher.on_notification)
     rt.background(watcher.run(rt.stop))
