@@ -184,13 +184,14 @@ async def finalize(pipeline: Pipeline, work: events.IngestFinalize) -> None:
     await store.put(dataset_key(job.id, "manifest.json"), manifest.to_json())
     url = store.url(dataset_key(job.id, "manifest.json"))
 
+    counts = {s: info.count for s, info in stages.items()}
+
     def done(j: Job) -> Job:
-        extra = {**j.extra, "manifest_url": url, "finalized": work.version}
+        extra = {**j.extra, "manifest_url": url, "finalized": work.version, "counts": counts}
         return msgspec.structs.replace(j, extra=extra)
 
     await job_store.update(job.id, done)
     await job_store.set_status(job.id, jobs.DONE)
-    counts = {s: info.count for s, info in stages.items()}
     fact: events.Event
     if work.version == 1:
         skipped = {s: info.skipped for s, info in stages.items()}

@@ -54,6 +54,7 @@ def test_a_digits_style_script_does_the_round_trip(client, stack, tmp_path):
     dataset_id = dataset.get_json()["id"]
     done = finished(client, f"/datasets/{dataset_id}.json", timeout=60)
     assert done["status"] == "Done", done
+    assert done["counts"] == {"train_db": 750, "val_db": 250}, done  # 1,000 images, 25% for val
 
     model = client.post(
         "/models/images/classification.json",
