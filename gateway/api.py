@@ -8,7 +8,6 @@ import nats.errors
 import nats.js.errors
 from flask import Blueprint, abort, jsonify, request
 from flask.typing import ResponseReturnValue
-from werkzeug.exceptions import HTTPException
 
 from digits import events, subjects
 from digits.jobs import (
@@ -31,6 +30,7 @@ from gateway.forms import (
 )
 from gateway.runtime import bus_client as _bus
 from gateway.runtime import job_store as _jobs
+from gateway.runtime import json_errors
 from gateway.runtime import pending as _pending
 from gateway.runtime import publish as _publish
 from gateway.runtime import sealed as _sealed
@@ -125,16 +125,7 @@ def _may_change(job: Job) -> None:
         abort(403, description=f"only the owner of job {job.id} or an admin may change it")
 
 
-@bp.errorhandler(HTTPException)
-def http_error(exc: HTTPException) -> ResponseReturnValue:
-    """Every error of the JSON API as JSON, with its HTTP code."""
-    return jsonify({"error": exc.description or exc.name}), exc.code or 500
-
-
-@bp.errorhandler(FormErrors)
-def form_errors(exc: FormErrors) -> ResponseReturnValue:
-    """Invalid form fields: 400 with the messages per field."""
-    return jsonify({"errors": exc.errors}), 400
+json_errors(bp)
 
 
 @bp.errorhandler(TimeoutError)

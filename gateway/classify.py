@@ -8,12 +8,12 @@ import msgspec
 import nats.errors
 from flask import Blueprint, abort, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
-from werkzeug.exceptions import HTTPException
 
 from digits import subjects
 from digits.jobs import JobNotFound
 from gateway.auth import login_required
 from gateway.forms import FormErrors
+from gateway.runtime import json_errors
 
 bp = Blueprint("classify", __name__)
 MAX_IMAGE_BYTES = 8 << 20  # as the view service's ClassifyOne
@@ -73,16 +73,7 @@ def _request(subject: str, payload: dict[str, Any], timeout: float) -> dict[str,
     return reply
 
 
-@bp.errorhandler(HTTPException)
-def http_error(exc: HTTPException) -> ResponseReturnValue:
-    """Every error of the classify routes as JSON, with its HTTP code."""
-    return jsonify({"error": exc.description or exc.name}), exc.code or 500
-
-
-@bp.errorhandler(FormErrors)
-def form_errors(exc: FormErrors) -> ResponseReturnValue:
-    """Invalid form fields: 400 with the messages per field."""
-    return jsonify({"errors": exc.errors}), 400
+json_errors(bp)
 
 
 @bp.post("/models/images/classification/classify_one.json")

@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 
 from flask import Blueprint, Response, abort, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
-from werkzeug.exceptions import HTTPException
 
 from digits.jobs import INITIALIZED, STATUS_NAMES, Job, JobNotFound
 from digits.store import Store, store_from_settings
@@ -21,6 +20,7 @@ from gateway.accounts import User
 from gateway.auth import authenticate, login_required
 from gateway.busclient import BusClient
 from gateway.forms import FormErrors
+from gateway.runtime import json_errors
 from train_service.archive import SAVED_MODEL  # train_service/export.py's final model export
 
 bp = Blueprint("models_api", __name__)
@@ -65,16 +65,7 @@ def session_or_api_login(view: F) -> F:
     return wrapped  # type: ignore[return-value]
 
 
-@bp.errorhandler(HTTPException)
-def http_error(exc: HTTPException) -> ResponseReturnValue:
-    """Every error of these routes as JSON, with its HTTP code."""
-    return jsonify({"error": exc.description or exc.name}), exc.code or 500
-
-
-@bp.errorhandler(FormErrors)
-def form_errors(exc: FormErrors) -> ResponseReturnValue:
-    """Invalid form fields: 400 with the messages per field."""
-    return jsonify({"errors": exc.errors}), 400
+json_errors(bp)
 
 
 @bp.post("/models/images/generic.json")

@@ -6,7 +6,9 @@ import threading
 import time
 from typing import Any
 
-from flask import abort, current_app
+from flask import Blueprint, abort, current_app, jsonify
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import HTTPException
 
 from digits import bus, events, subjects
 from digits.jobs import JobStore
@@ -81,3 +83,19 @@ class Pending:
 def pending() -> Pending:
     """This app's record of the jobs it submitted that are not stored yet."""
     return current_app.extensions.setdefault("digits_pending_jobs", Pending())
+
+
+def json_http_error(exc: HTTPException) -> ResponseReturnValue:
+    """An HTTP error as JSON, with its code."""
+    return jsonify({"error": exc.description or exc.name}), exc.code or 500
+
+
+def json_form_errors(exc: FormErrors) -> ResponseReturnValue:
+    """Invalid form fields: 400 with the messages per field."""
+    return jsonify({"errors": exc.errors}), 400
+
+
+def json_errors(bp: Blueprint) -> None:
+    """Make a JSON blueprint answer HTTP errors and form errors as JSON."""
+    bp.register_error_handler(HTTPException, json_http_error)
+    bp.register_error_handler(FormErrors, json_form_errors)
