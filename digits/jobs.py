@@ -148,7 +148,8 @@ class JobStore:
         except nats.js.errors.NoKeysError:
             return []
         jobs = []
-        for key in keys:
+        # The KV watcher behind keys() repeats a key updated while it lists.
+        for key in dict.fromkeys(keys):
             try:
                 jobs.append(await self.get(key))
             except JobNotFound:

@@ -109,6 +109,31 @@ async def test_create_refuses_a_duplicate_id_and_a_bad_type(nc):
         await store.create(new_job(type="pipeline"))
 
 
+async def test_list_names_each_job_once_while_jobs_change(nats_server, nc):
+    store = await job_store(nc)
+    created = [await store.create(new_job(f"job{i}")) for i in range(40)]
+    writer = await nats.connect(nats_server.url)
+    other = await job_store(writer)
+    stop = asyncio.Event()
+
+    async def churn() -> None:
+        n = 0
+        while not stop.is_set():
+            job = created[n % len(created)]
+            await other.update(job.id, lambda j, n=n: msgspec.structs.replace(j, extra={"n": n}))
+            n += 1
+
+    task = asyncio.create_task(churn())
+    try:
+        for _ in range(30):
+            listed = [j.id for j in await store.list()]
+            assert len(listed) == len(set(listed)) == len(created)
+    finally:
+        stop.set()
+        await task
+        await writer.close()
+
+
 async def test_publish_retried_after_a_timeout_with_the_same_id_is_stored_once(nc):
     js = nc.jetstream()
     await bus.ensure_streams(js)
