@@ -100,11 +100,13 @@ WARM = ImageSet("warm", 0, 28, 28, 1, "png", "png")
 class CpuMeter:
     """CPU seconds used by this benchmark's process trees, and by the rest of the machine."""
 
-    def __init__(self, pids: list[int]) -> None:
+    def __init__(self, pids: list[int], roles: dict[int, tuple[str, str]] | None = None) -> None:
         self.pids = pids
+        # pid -> (its role, its descendants' role); a later pid's tree overrides an earlier one's
+        self.roles = roles or {}
         self.started = 0.0
         self.busy = 0.0
-        self.own: dict[int, float] = {}
+        self.own: dict[int, tuple[str, float]] = {}
 
     @staticmethod
     def _busy() -> float:
@@ -113,15 +115,16 @@ class CpuMeter:
             getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal")
         )
 
-    def _own(self) -> dict[int, float]:
-        seconds: dict[int, float] = {}
+    def _own(self) -> dict[int, tuple[str, float]]:
+        seconds: dict[int, tuple[str, float]] = {}
         for pid in self.pids:
+            role, below = self.roles.get(pid, ("bench", "bench"))
             with contextlib.suppress(psutil.Error):
                 top = psutil.Process(pid)
                 for proc in (top, *top.children(recursive=True)):
                     with contextlib.suppress(psutil.Error):
                         t = proc.cpu_times()
-                        seconds[proc.pid] = t.user + t.system
+                        seconds[proc.pid] = (role if proc is top else below, t.user + t.system)
         return seconds
 
     def start(self) -> CpuMeter:
@@ -135,13 +138,18 @@ class CpuMeter:
         """Own and others' CPU seconds since ``start``; others' share of the machine in %."""
         elapsed = time.perf_counter() - self.started
         busy = self._busy() - self.busy
-        own = sum(s - self.own.get(pid, 0.0) for pid, s in self._own().items())
+        by_role: dict[str, float] = {}
+        for pid, (role, s) in self._own().items():
+            by_role[role] = by_role.get(role, 0.0) + s - self.own.get(pid, (role, 0.0))[1]
+        own = sum(by_role.values())
         others = max(0.0, busy - own)
         capacity = elapsed * (os.cpu_count() or 1)
         return {
             "own_cpu_s": round(own, 2),
+            "by_role_cpu_s": {role: round(s, 2) for role, s in sorted(by_role.items())},
             "others_cpu_s": round(others, 2),
             "others_pct": round(100 * others / capacity, 1) if capacity else 0.0,
+            "elapsed_s": round(elapsed, 2),
         }
 
 
@@ -505,7 +513,9 @@ async def run_case(
         _, warmed = await fw.create(f"warm-{iset.key}-{case}", WARM.form(warm), timeout)
         fw.drop(warmed.job_id)
         await fw.wait_ready(services)
-        meter = CpuMeter([os.getpid(), *fw.pids(), *(svc.proc.pid for svc in services)]).start()
+        roles = {pid: ("nats-server", "nats-server") for pid in fw.pids()}
+        roles.update({svc.proc.pid: ("services", "encoders") for svc in services})
+        meter = CpuMeter([os.getpid(), *roles], roles).start()
         elapsed, ready = await fw.create(f"{iset.key}-{case}", iset.form(train), timeout)
         cpu = meter.stop()
     except BaseException:
@@ -648,10 +658,20 @@ async def run_framework(
                     if rate > rates.get(case, 0.0):
                         rates[case] = round(rate, 1)
                         res["others_cpu_pct"][case] = cpu["others_pct"]
+                        res.setdefault("best_run_cpu", {})[case] = role_figures(iset, case, cpu)
             res["framework_img_s"] = rates
         return fw.server_version
     finally:
         await fw.close()
+
+
+def role_figures(iset: ImageSet, case: str, cpu: dict[str, Any]) -> dict[str, Any]:
+    """CPU microseconds per image of each role, and how busy the encoding processes were."""
+    count, procs = CASES[case]
+    per_img = {r: round(s / iset.count * 1e6, 1) for r, s in cpu["by_role_cpu_s"].items()}
+    busy = cpu["by_role_cpu_s"].get("encoders", 0.0) / (cpu["elapsed_s"] * count * procs)
+    say(f"  CPU us/image by role {per_img}; encoding processes busy {100 * busy:.1f}%")
+    return {"us_per_img": per_img, "encoders_busy_pct": round(100 * busy, 1)}
 
 
 def summarize(key: str, res: dict[str, Any]) -> dict[str, Any]:
@@ -748,7 +768,10 @@ def run(args: argparse.Namespace, children: Children) -> dict[str, Any]:
             "CPU share used by processes outside this benchmark during the measurement; "
             "own_cpu_us_per_img = CPU time of this benchmark's process trees (services, "
             "nats-server) per image, the least of the runs; adjacent_ratios (--adjacent) = "
-            "each case run against a bare loop timed just before it"
+            "each case run against a bare loop timed just before it; best_run_cpu = the "
+            "fastest run's CPU us/image by role (bench, nats-server, services = their main "
+            "processes, encoders = their encoding processes) and the encoders' busy share "
+            "of its wall time"
         ),
         "machine": {
             "cores": os.cpu_count(),

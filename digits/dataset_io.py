@@ -309,10 +309,15 @@ class MeanAccumulator:
             self.count += other.count
 
     def __getstate__(self) -> tuple[np.ndarray | None, int]:
-        return self.sum, self.count  # pickled (between processes) as the sum alone
+        # Pickled (between processes) as the sum alone: while every feature is still in the
+        # uint16 batch (a chunk of uint8 features), that exact batch, a quarter of the float64.
+        if self._batched and self._batched == self.count:
+            return self._batch, self.count
+        return self.sum, self.count
 
     def __setstate__(self, state: tuple[np.ndarray | None, int]) -> None:
-        self._sum, self.count = state
+        total, self.count = state
+        self._sum = None if total is None else total.astype(np.float64, copy=False)
         self._batch, self._batched = None, 0
 
     def to_bytes(self) -> bytes:

@@ -32,6 +32,7 @@ class ChunkResult(msgspec.Struct, kw_only=True):
     mixed_shapes: bool = False  # features differ in shape: no mean image for this dataset
     shape: list[int] | None = None
     dtype: str | None = None
+    spill: str | None = None  # the file that holds ``samples`` instead (a msgpack array)
 
 
 def watch_parent(parent: int, every: float = 1.0) -> None:
@@ -67,8 +68,13 @@ def encode_chunk(
     entries: list[Any],
     encoding: str,
     want_mean: bool,
+    spill: str | None = None,
 ) -> ChunkResult:
-    """Encode entries; an entry that fails is skipped and counted with its reason."""
+    """Encode entries; an entry that fails is skipped and counted with its reason.
+
+    With ``spill``, the samples are written to that file rather than returned: megabytes of
+    samples through the process pool's pipe stall the encoder until the service reads them.
+    """
     ext = extension_instance(extension_id, form)
     result = ChunkResult(samples=[])
     mean = MeanAccumulator() if want_mean else None
@@ -106,7 +112,24 @@ def encode_chunk(
     if mean is not None and mean.count:
         result.mean = mean
     result.count = len(result.samples)
+    if spill is not None:
+        with open(spill, "wb") as f:
+            f.write(msgspec.msgpack.encode(result.samples))
+        result.samples, result.spill = [], spill
     return result
+
+
+def spilled_samples(result: ChunkResult) -> list[bytes]:
+    """A chunk's samples: returned with it, or read back (and removed) from its spill file."""
+    if result.spill is None:
+        return result.samples
+    with open(result.spill, "rb") as f:
+        data = f.read()
+    os.unlink(result.spill)
+    samples = msgspec.msgpack.decode(data, type=list[bytes])
+    if len(samples) != result.count:
+        raise ValueError(f"{result.spill} holds {len(samples)} samples, not {result.count}")
+    return samples
 
 
 def _plain(label: Any) -> Any:

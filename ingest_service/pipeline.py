@@ -310,7 +310,9 @@ class Pipeline:
             writer = await asyncio.to_thread(ShardWriter, path)
             try:
                 stopped = self._stopped(job.id)
-                results = await self.encoder.encode(call, entries, writer, stopped, queued)
+                results = await self.encoder.encode(
+                    call, entries, writer, stopped, queued, spill_dir=tmp
+                )
             except BaseException:
                 await asyncio.to_thread(writer.abort)
                 raise

@@ -6,6 +6,7 @@ import asyncio
 import heapq
 import itertools
 import math
+import os
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
@@ -13,7 +14,7 @@ from typing import Any
 
 from digits import bus
 from digits.dataset import ShardWriter
-from ingest_service.encode import ChunkResult, encode_chunk
+from ingest_service.encode import ChunkResult, encode_chunk, spilled_samples
 
 MIN_CHUNK = 16  # entries per task: enough to amortize the hand-over to a process
 MAX_CHUNK = 128  # ... and few enough that every process gets several chunks of a shard
@@ -102,12 +103,14 @@ class ShardEncoder:
         writer: ShardWriter,
         stopped: Callable[[], Awaitable[bool]],
         queued: Callable[[], None] = lambda: None,
+        spill_dir: str | None = None,
     ) -> list[ChunkResult] | None:
         """Encode ``entries`` into ``writer`` in order; the chunks' stats, or None if stopped.
 
         ``call`` is (extension id, form, encoding, want_mean). ``stopped`` is asked every few
         seconds (an abort); a failure is raised, and the message is redelivered. ``queued`` is
-        called once the last chunk has its slot in the pool.
+        called once the last chunk has its slot in the pool. With ``spill_dir``, the encoding
+        processes hand their samples over in files there rather than through the pool's pipe.
         """
         extension_id, form, encoding, want_mean = call
         size = self.chunk_size(len(entries))
@@ -118,16 +121,17 @@ class ShardEncoder:
         if not unqueued:
             queued()
 
-        async def run(chunk: list) -> ChunkResult:
+        async def run(n: int, chunk: list) -> ChunkResult:
             nonlocal unqueued
             await self.slots.acquire(ticket)
             unqueued -= 1
             if not unqueued:
                 queued()
             pool = self.pool
+            spill = None if spill_dir is None else os.path.join(spill_dir, f"chunk-{n:05d}.msgpack")
             try:
                 return await loop.run_in_executor(
-                    pool, encode_chunk, extension_id, form, chunk, encoding, want_mean
+                    pool, encode_chunk, extension_id, form, chunk, encoding, want_mean, spill
                 )
             except BrokenProcessPool:
                 # An encoding process died (killed, or a decoder crashed): a new pool serves the
@@ -139,7 +143,7 @@ class ShardEncoder:
             finally:
                 self.slots.release()
 
-        tasks = [asyncio.ensure_future(run(c)) for c in chunks]
+        tasks = [asyncio.ensure_future(run(n, c)) for n, c in enumerate(chunks)]
         results: list[ChunkResult] = []
         check_at = loop.time() + CHECK_EVERY_S
         try:
@@ -151,8 +155,8 @@ class ShardEncoder:
                             return None
                         check_at = loop.time() + CHECK_EVERY_S
                 result = task.result()
-                if result.samples:
-                    await asyncio.to_thread(_write, writer, result.samples)
+                if result.count:
+                    await asyncio.to_thread(_write, writer, result)
                 result.samples = []  # written: only the stats are kept
                 results.append(result)
         finally:
@@ -166,6 +170,6 @@ class ShardEncoder:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _write(writer: ShardWriter, samples: list[bytes]) -> None:
-    for sample in samples:
+def _write(writer: ShardWriter, result: ChunkResult) -> None:
+    for sample in spilled_samples(result):
         writer.put_encoded(sample, count_labels=False)  # the chunk counted its labels
