@@ -112,7 +112,7 @@ def encode_chunk(
     if mean is not None and mean.count:
         result.mean = mean
     result.count = len(result.samples)
-    if spill is not None:
+    if spill is not None and result.samples:
         with open(spill, "wb") as f:
             f.write(msgspec.msgpack.encode(result.samples))
         result.samples, result.spill = [], spill

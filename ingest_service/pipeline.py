@@ -298,7 +298,9 @@ class Pipeline:
         entries = list(msgpack.unpackb(await self.store.get(work.entries_key), use_list=False))
         form = await self._form(job)
         encoding = job.extra["encoding"]  # decided when the shards were planned
-        with tempfile.TemporaryDirectory(prefix="digits-shard-") as tmp:
+        # An encoding process still running a chunk of an aborted shard may spill into ``tmp``
+        # as it is removed: a file left there must not fail the shard.
+        with tempfile.TemporaryDirectory(prefix="digits-shard-", ignore_cleanup_errors=True) as tmp:
             failed: list[str] = []
             if any(_is_s3(e) for e in entries):
                 # Objects are fetched to local files first (bounded concurrency, streamed to
