@@ -21,7 +21,7 @@ from digits.extensions.data import (
     get_extensions,
 )
 from digits.extensions.data.imageClassification import DataIngestion
-from digits.extensions.data.imageClassification.folders import split_counts
+from digits.extensions.data.imageClassification.folders import _walk_images, split_counts
 from digits.paths import PathNotAllowed
 from digits.utils import override, subclass
 from digits.utils.constants import TEST_DB, TRAIN_DB, VAL_DB
@@ -209,6 +209,23 @@ def test_symlinked_class_pointing_out_is_refused(data_root, tmp_path):
     (folder / "b").symlink_to(outside / "b")
     with pytest.raises(PathNotAllowed):
         _ingest(data_root, folder_train=str(folder)).itemize_entries(TRAIN_DB)
+
+
+def test_the_folder_walk_follows_links_in_the_roots_and_refuses_others(data_root, tmp_path):
+    cls = data_root / "f" / "a"
+    (cls / "deeper").mkdir(parents=True)
+    for name in ("x.png", "deeper/y.jpg", ".hidden.png", "notes.txt"):
+        (cls / name).write_bytes(b"not decoded here")
+    (cls / "link.png").symlink_to(cls / "x.png")
+    (cls / "deeper" / "loop").symlink_to(cls)  # a cycle: walked once
+    assert _walk_images(str(cls), [str(data_root)]) == sorted(
+        str(cls / n) for n in ("x.png", "deeper/y.jpg", "link.png")
+    )
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"x")
+    (cls / "out.png").symlink_to(outside)
+    with pytest.raises(PathNotAllowed):
+        _walk_images(str(cls), [str(data_root)])
 
 
 def test_encode_entry(data_root):
