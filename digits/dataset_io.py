@@ -147,8 +147,10 @@ class ShardWriter:
         self.count = 0
         self.histogram: dict[str, int] = {}  # integer label -> count
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # No sync per commit: the temporary file is synced once, in ``close``, before its rename
+        # (a writer that dies leaves only a temporary file, written again from the start).
         self._env: Any = lmdb.open(
-            str(self._tmp), subdir=False, map_size=map_size, lock=False, meminit=False
+            str(self._tmp), subdir=False, map_size=map_size, lock=False, meminit=False, sync=False
         )
 
     def put(self, feature: np.ndarray, label: Label, encoding: str = "png") -> None:
