@@ -110,6 +110,7 @@ class JobStore:
         self.js = js
         self.kv = kv
         self.max_attempts = max_attempts
+        self._bucket: str | None = None
 
     async def create(self, job: Job) -> Job:
         """Store a new job record (its id must be unused) and announce its status."""
@@ -141,15 +142,23 @@ class JobStore:
             raise JobNotFound(job_id)
         return _decode(entry.value), entry.revision or 0
 
+    async def keys(self) -> list[str]:
+        """Every job id in the bucket (deleted ones too, until their markers go), sorted.
+
+        Read from the stream's own per-subject counts, not with ``KeyValue.keys()``: its watcher
+        can report no keys at all when the server delivers them all before it checks what is
+        pending, and it repeats a key updated while it lists.
+        """
+        if self._bucket is None:
+            self._bucket = (await self.kv.status()).bucket
+        prefix = f"$KV.{self._bucket}."
+        info = await self.js.stream_info(f"KV_{self._bucket}", subjects_filter=f"{prefix}>")
+        return sorted(s[len(prefix) :] for s in info.state.subjects or {})
+
     async def list(self) -> list[Job]:
         """Every job, newest first."""
-        try:
-            keys = await self.kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
         jobs = []
-        # The KV watcher behind keys() repeats a key updated while it lists.
-        for key in dict.fromkeys(keys):
+        for key in await self.keys():
             try:
                 jobs.append(await self.get(key))
             except JobNotFound:

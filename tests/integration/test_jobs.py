@@ -125,7 +125,7 @@ async def test_list_names_each_job_once_while_jobs_change(nats_server, nc):
 
     task = asyncio.create_task(churn())
     try:
-        for _ in range(30):
+        for _ in range(200):
             listed = [j.id for j in await store.list()]
             assert len(listed) == len(set(listed)) == len(created)
     finally:
