@@ -185,17 +185,22 @@ def test_login_dataset_model_graph_and_classify_in_a_browser(page, up, images, a
     def points() -> int:
         return int(page.get_attribute("#training-graphs", "data-points") or 0)
 
+    # The status region polls every second, the graphs twice as often: wait for both to agree.
     page.wait_for_function(
-        "() => Number(document.querySelector('#training-graphs').dataset.points || 0) > 0",
+        "() => { const s = document.querySelector('#model-status h2 .status');"
+        " const done = s && ['Done', 'Error', 'Aborted'].includes(s.textContent.trim());"
+        " const points = Number(document.querySelector('#training-graphs').dataset.points || 0);"
+        " return done || (points > 0 && s.textContent.trim() === 'Running'); }",
         timeout=180_000,
     )
     first = points()
-    running_first = status_of(page, "#model-status") == "Running"
+    assert status_of(page, "#model-status") == "Running" and first > 0, (
+        "the graph should have points while the job is still running"
+    )
     page.wait_for_function(
         f"() => Number(document.querySelector('#training-graphs').dataset.points || 0) > {first}",
         timeout=120_000,
     )
-    assert running_first, "the graph should have points while the job is still running"
     assert points() > first
     page.wait_for_function(
         "() => { const s = document.querySelector('#model-status h2 .status');"
