@@ -18,7 +18,6 @@ from digits.utils.image import (
     RESIZE_MODES,
     load_image,
     read_image,
-    resize_image,
     resize_image_with_pil,
 )
 
@@ -359,7 +358,7 @@ class DataIngestion(DataIngestionInterface):
         """Load, convert and resize one ``(path, label)`` entry to ``(HWC uint8 array, label)``."""
         path, label = self._checked(entry)
         image = load_image(self._resolver.confine(path), self.resize_channels)
-        return self._resize(image, path), label
+        return self._resize_with_pil(image, path)[0], label
 
     def encode_entry_sample(
         self, entry: Any, encoding: str
@@ -381,14 +380,7 @@ class DataIngestion(DataIngestionInterface):
             image = load_image(resolved, self.resize_channels)
         else:
             image, data = read_image(resolved, self.resize_channels)
-        feature, resized = resize_image_with_pil(
-            image,
-            self.resize_height,
-            self.resize_width,
-            self.resize_channels,
-            self.resize_mode,
-            rng=self._rng(path),
-        )
+        feature, resized = self._resize_with_pil(image, path)
         if data is not None and (
             image.format == fmt
             and image.size == (self.resize_width, self.resize_height)
@@ -408,8 +400,8 @@ class DataIngestion(DataIngestionInterface):
             raise s3source.fetch_first_error(path)
         return path, label
 
-    def _resize(self, image: Any, path: str) -> np.ndarray:
-        return resize_image(
+    def _resize_with_pil(self, image: Any, path: str) -> tuple[np.ndarray, Any]:
+        return resize_image_with_pil(
             image,
             self.resize_height,
             self.resize_width,
