@@ -11,7 +11,7 @@ import pytest
 
 from digits import dataset
 from digits.dataset import Label
-from tests.unit.test_train_data import SHARDS, H, W, _image, _write
+from tests.unit.test_train_data import H, W, _image, classification_set, segmentation_set
 from train_service.augment import Augment
 from train_service.data import ShardedDataset
 
@@ -21,21 +21,13 @@ STORED = H * W * 3  # bytes of one decoded uint8 sample
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory: pytest.TempPathFactory) -> dataset.Dataset:
     """80 train samples in 2 shards (png, none) and 7 val samples, with a mean image."""
-    root = tmp_path_factory.mktemp("cache")
-    _write(root, SHARDS, _image, lambda i: i % 5, [H, W, 3], mean=True)
-    return dataset.open(str(root))
+    return classification_set(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="module")
 def seg(tmp_path_factory: pytest.TempPathFactory) -> dataset.Dataset:
     """20 grey 8x6 images whose mask is pixel value // 10."""
-    root = tmp_path_factory.mktemp("segcache")
-
-    def feature(i: int) -> np.ndarray:
-        return ((np.arange(48).reshape(8, 6) + i) % 50 * 5).astype(np.uint8)
-
-    _write(root, {"train_db": [(0, 20, "png")]}, feature, lambda i: feature(i) // 10, [8, 6, 1], 0)
-    return dataset.open(str(root))
+    return segmentation_set(tmp_path_factory.mktemp("segcache"), 20)
 
 
 class Counting(ShardedDataset):

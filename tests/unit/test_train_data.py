@@ -53,24 +53,33 @@ def _write(root: Path, shards: dict, feature, label, shape: list[int], mean: boo
     (root / "manifest.json").write_bytes(m.to_json())
 
 
+def classification_set(root: Path) -> dataset.Dataset:
+    """80 train samples in 2 shards (png, none) and 7 val samples, with a mean image."""
+    _write(root, SHARDS, _image, lambda i: i % 5, [H, W, 3], mean=True)
+    return dataset.open(str(root))
+
+
+def segmentation_set(root: Path, count: int) -> dataset.Dataset:
+    """``count`` grey 8x6 images whose mask is pixel value // 10."""
+
+    def feature(i: int) -> np.ndarray:
+        return ((np.arange(48).reshape(8, 6) + i) % 50 * 5).astype(np.uint8)
+
+    shards = {"train_db": [(0, count, "png")]}
+    _write(root, shards, feature, lambda i: feature(i) // 10, [8, 6, 1], mean=False)
+    return dataset.open(str(root))
+
+
 @pytest.fixture(scope="module")
 def ds(tmp_path_factory: pytest.TempPathFactory) -> dataset.Dataset:
     """80 train samples in 2 shards (png, none) and 7 val samples, with a mean image."""
-    root = tmp_path_factory.mktemp("ds")
-    _write(root, SHARDS, _image, lambda i: i % 5, [H, W, 3], mean=True)
-    return dataset.open(str(root))
+    return classification_set(tmp_path_factory.mktemp("ds"))
 
 
 @pytest.fixture(scope="module")
 def seg(tmp_path_factory: pytest.TempPathFactory) -> dataset.Dataset:
     """12 grey 8x6 images whose mask is pixel value // 10."""
-    root = tmp_path_factory.mktemp("seg")
-
-    def feature(i: int) -> np.ndarray:
-        return ((np.arange(48).reshape(8, 6) + i) % 50 * 5).astype(np.uint8)
-
-    _write(root, {"train_db": [(0, 12, "png")]}, feature, lambda i: feature(i) // 10, [8, 6, 1], 0)
-    return dataset.open(str(root))
+    return segmentation_set(tmp_path_factory.mktemp("seg"), 12)
 
 
 def _ids(x: np.ndarray) -> list[int]:
