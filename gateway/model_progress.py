@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from digits import events, subjects
-from train_service.lr_formula import learning_rate, policy_from_form
+from digits.models.lr_policies import learning_rate, policy_from_form
 
 MAX_POINTS = 5000  # per answer; the page asks again for the rest
 

@@ -22,11 +22,11 @@ from werkzeug.datastructures import FileStorage
 
 from digits import bus, events
 from digits.jobs import INITIALIZED, STATUS_NAMES, Job, JobNotFound, new_job_id
+from digits.models.archive import MAX_MEMBERS, MAX_TOTAL_BYTES, SAVED_MODEL, safe_name
+from digits.models.augment import Augment
+from digits.models.lr_policies import DIGITS_FORM_DEFAULTS, policy_from_form
+from digits.models.options import TrainOptions
 from gateway.forms import FormErrors, model_form
-from train_service.archive import MAX_MEMBERS, MAX_TOTAL_BYTES, SAVED_MODEL, safe_name
-from train_service.augment import Augment
-from train_service.lr_formula import DIGITS_FORM_DEFAULTS, policy_from_form
-from train_service.options import TrainOptions
 
 CLASSIFICATION = "image-classification"
 AUG_NUMBERS = ("aug_rot", "aug_scale", "aug_noise", "aug_hsv_h", "aug_hsv_s", "aug_hsv_v")

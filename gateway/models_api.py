@@ -14,6 +14,7 @@ from flask import Blueprint, Response, abort, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from digits.jobs import INITIALIZED, STATUS_NAMES, Job, JobNotFound
+from digits.models.archive import SAVED_MODEL  # the training's final SavedModel export
 from digits.store import Store, store_from_settings
 from gateway import model_submit
 from gateway.accounts import User
@@ -21,7 +22,6 @@ from gateway.auth import authenticate, login_required
 from gateway.busclient import BusClient
 from gateway.forms import FormErrors
 from gateway.runtime import json_errors
-from train_service.archive import SAVED_MODEL  # train_service/export.py's final model export
 
 bp = Blueprint("models_api", __name__)
 F = TypeVar("F", bound=Callable[..., Any])

@@ -27,7 +27,7 @@ import keras
 import numpy as np
 
 from digits.dataset import Dataset, Label, ShardReader
-from train_service.augment import Augment
+from digits.models.augment import Augment
 from train_service.shard_cache import DEFAULT_CACHE_MB, SampleCache, acquire, release
 
 __all__ = [

@@ -1,34 +1,9 @@
-"""DIGITS's learning-rate policies, with DIGITS's meaning: Caffe's formulas, steps in percent.
+"""DIGITS's learning-rate policies as a Keras schedule (``DigitsSchedule``), iteration-exact.
 
-DIGITS's form gives step positions in percent of training; its Caffe task rescaled them to
-iterations with ``scale = max_iter / 100`` (digits/model/tasks/caffe_train.py). With ``p`` the
-percentage of training done (``100 * progress``) and ``it = p * scale`` Caffe's iteration:
-
-========== ============================== ==================================== ====================
-policy     DIGITS form fields             DIGITS's value at p percent          Caffe solver fields
-========== ============================== ==================================== ====================
-fixed      (none)                         lr                                   (none)
-step       lr_step_size s, lr_step_gamma  lr * gamma ^ floor(p / s)            stepsize =
-           gamma                                                               ceil(s * scale)
-multistep  lr_multistep_values v1,v2,..,  lr * gamma ^ (number of vi <= p)     stepvalue =
-           lr_multistep_gamma gamma                                            ceil(vi * scale)
-exp        lr_exp_gamma gamma             lr * gamma ^ p                       gamma ^ (1 / scale)
-inv        lr_inv_gamma gamma,            lr * (1 + gamma * p) ^ -power        gamma / scale
-           lr_inv_power power
-poly       lr_poly_power power            lr * (1 - p / 100) ^ power           power (max_iter)
-sigmoid    lr_sigmoid_step s,             lr / (1 + exp(gamma * (p - s)))      gamma = -gamma/scale,
-           lr_sigmoid_gamma gamma                                              stepsize =
-                                                                               ceil(s * scale)
-========== ============================== ==================================== ====================
-
-Caffe then computes, at iteration ``it``: step ``lr * gamma^floor(it/stepsize)``; multistep
-``lr * gamma^(stepvalues passed)``; exp ``lr * gamma^it``; inv ``lr * (1 + gamma*it)^-power``;
-poly ``lr * (1 - it/max_iter)^power``; sigmoid ``lr / (1 + exp(-gamma * (it - stepsize)))``: the
-middle column again, up to the rounding of step positions to whole iterations.
-
-``learning_rate`` is the middle column (DIGITS's preview graph). ``DigitsSchedule`` is the Caffe
-column, iteration-exact, with ``max_iter`` the total number of batches: Keras gives schedules the
-optimizer's raw iteration count, which counts every batch, accumulated ones included.
+The policies, their form fields and formulas are the core's (``digits.models.lr_policies``, whose
+docstring has the table); this is its Caffe column with ``max_iter`` the total number of batches:
+Keras gives schedules the optimizer's raw iteration count, which counts every batch, accumulated
+ones included.
 """
 
 from __future__ import annotations
@@ -40,25 +15,14 @@ from typing import Any
 import keras
 from keras import ops
 
-from train_service.lr_formula import (
-    DIGITS_FORM_DEFAULTS,
-    POLICIES,
+from digits.models.lr_policies import (
     caffe_solver_params,
-    learning_rate,
     policy_from_form,
     positive_count,
 )
-from train_service.lr_formula import validate as _validate
+from digits.models.lr_policies import validate as _validate
 
-__all__ = [
-    "DIGITS_FORM_DEFAULTS",
-    "POLICIES",
-    "DigitsSchedule",
-    "caffe_solver_params",
-    "learning_rate",
-    "policy_from_form",
-    "schedule_from_form",
-]
+__all__ = ["DigitsSchedule", "schedule_from_form"]
 
 
 @keras.saving.register_keras_serializable(package="digits")

@@ -19,8 +19,8 @@ import keras
 
 from digits import events
 from digits.jobs import Job
+from digits.models.options import TrainOptions
 from train_service.devices import Plan
-from train_service.options import TrainOptions
 from train_service.tasks import CLASSIFICATION_SCALE
 
 if TYPE_CHECKING:

@@ -19,9 +19,10 @@ from nats.js import JetStreamContext
 from digits import bus, events, jobs
 from digits.config import Settings
 from digits.jobs import Job, JobNotFound, JobStore
+from digits.models import archive
+from digits.models.options import TrainOptions
 from digits.store import Store
-from train_service import archive, devices
-from train_service.options import TrainOptions
+from train_service import devices
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,8 @@ from flask import Blueprint, abort, g, jsonify, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 
 from digits.jobs import INITIALIZED, STATUS_NAMES, TERMINAL, Job, JobNotFound
+from digits.models.augment import FLIPS, QUAD_ROTS
+from digits.models.lr_policies import DIGITS_FORM_DEFAULTS
 from gateway import model_progress, model_submit
 from gateway.forms import LR_POLICIES, MEANS, NETWORKS, SOLVERS, FormErrors, redacted
 from gateway.pages.common import (
@@ -20,8 +22,6 @@ from gateway.pages.common import (
     page,
     page_login_required,
 )
-from train_service.augment import FLIPS, QUAD_ROTS
-from train_service.lr_formula import DIGITS_FORM_DEFAULTS
 
 bp = Blueprint("models", __name__)
 

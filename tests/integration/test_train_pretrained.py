@@ -19,10 +19,10 @@ import pytest
 
 from digits import jobs
 from digits.download_data import synthetic
+from digits.models import archive
 from digits.store import FileStore
 from tests.integration.test_ingest import create_dataset, finished_job
 from tests.integration.test_train import DATASET_FORM, LENET, create_model
-from train_service import archive
 
 pytestmark = pytest.mark.timeout(180)
 

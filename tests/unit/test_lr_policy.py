@@ -1,4 +1,4 @@
-"""train_service.lr_policy: DIGITS's policies, percent-based, and the Keras schedule Caffe-style."""
+"""DIGITS's policies, percent-based (digits.models.lr_policies); the Keras schedule, Caffe-style."""
 
 from __future__ import annotations
 
@@ -6,15 +6,14 @@ import keras
 import numpy as np
 import pytest
 
-from train_service.lr_policy import (
+from digits.models.lr_policies import (
     DIGITS_FORM_DEFAULTS,
     POLICIES,
-    DigitsSchedule,
     caffe_solver_params,
     learning_rate,
     policy_from_form,
-    schedule_from_form,
 )
+from train_service.lr_policy import DigitsSchedule, schedule_from_form
 
 # Keras 3.15's variables implement __array__ without NumPy 2's copy keyword (np.array(variable)
 # in saving, .numpy() and get_config), which NumPy reports as a DeprecationWarning.

@@ -11,8 +11,8 @@ import pytest
 
 from digits import dataset
 from digits.dataset import Label
+from digits.models.augment import Augment
 from tests.unit.test_train_data import H, W, _image, classification_set, segmentation_set
-from train_service.augment import Augment
 from train_service.data import ShardedDataset
 
 STORED = H * W * 3  # bytes of one decoded uint8 sample

@@ -20,8 +20,8 @@ from digits.dataset import (
     mean_npy_bytes,
     shard_key,
 )
-from train_service import augment as augment_mod
-from train_service.augment import Augment, warp
+from digits.models import augment as augment_mod
+from digits.models.augment import Augment, warp
 from train_service.data import ShardedDataset, input_shape, value_range
 
 H, W = 10, 12

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from digits.config import ConfigError, Settings
+from digits.models.options import TrainOptions
 from train_service.devices import (
     DeviceError,
     Devices,
@@ -14,7 +15,6 @@ from train_service.devices import (
     cpu_devices_from_env,
     plan,
 )
-from train_service.options import TrainOptions
 
 FOUR = Devices("GPU", (0, 1, 2, 3), tuple(f"/device:GPU:{k}" for k in range(4)))
 # A worker restricted to GPUs 1 and 3: TF sees them as its GPU:0 and GPU:1.

@@ -1,7 +1,34 @@
-"""DIGITS's learning-rate formulas without TensorFlow: the gateway's preview uses them too.
+"""DIGITS's learning-rate policies, with DIGITS's meaning: Caffe's formulas, steps in percent.
 
-See ``train_service.lr_policy`` for the policies' meaning and Caffe's fields; that module adds
-the Keras schedule on top of these functions.
+DIGITS's form gives step positions in percent of training; its Caffe task rescaled them to
+iterations with ``scale = max_iter / 100`` (digits/model/tasks/caffe_train.py). With ``p`` the
+percentage of training done (``100 * progress``) and ``it = p * scale`` Caffe's iteration:
+
+========== ============================== ==================================== ====================
+policy     DIGITS form fields             DIGITS's value at p percent          Caffe solver fields
+========== ============================== ==================================== ====================
+fixed      (none)                         lr                                   (none)
+step       lr_step_size s, lr_step_gamma  lr * gamma ^ floor(p / s)            stepsize =
+           gamma                                                               ceil(s * scale)
+multistep  lr_multistep_values v1,v2,..,  lr * gamma ^ (number of vi <= p)     stepvalue =
+           lr_multistep_gamma gamma                                            ceil(vi * scale)
+exp        lr_exp_gamma gamma             lr * gamma ^ p                       gamma ^ (1 / scale)
+inv        lr_inv_gamma gamma,            lr * (1 + gamma * p) ^ -power        gamma / scale
+           lr_inv_power power
+poly       lr_poly_power power            lr * (1 - p / 100) ^ power           power (max_iter)
+sigmoid    lr_sigmoid_step s,             lr / (1 + exp(gamma * (p - s)))      gamma = -gamma/scale,
+           lr_sigmoid_gamma gamma                                              stepsize =
+                                                                               ceil(s * scale)
+========== ============================== ==================================== ====================
+
+Caffe then computes, at iteration ``it``: step ``lr * gamma^floor(it/stepsize)``; multistep
+``lr * gamma^(stepvalues passed)``; exp ``lr * gamma^it``; inv ``lr * (1 + gamma*it)^-power``;
+poly ``lr * (1 - it/max_iter)^power``; sigmoid ``lr / (1 + exp(-gamma * (it - stepsize)))``: the
+middle column again, up to the rounding of step positions to whole iterations.
+
+``learning_rate`` is the middle column (DIGITS's preview graph, drawn by the gateway);
+``caffe_solver_params`` the Caffe column. ``train_service.lr_policy.DigitsSchedule`` runs the Caffe
+column as a Keras schedule. No TensorFlow here: the gateway and the train service both use this.
 """
 
 from __future__ import annotations

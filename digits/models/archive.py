@@ -1,11 +1,11 @@
 """Pretrained model archives: checked, then one snapshot taken out to fine-tune from.
 
-The archive is the model download's format (gateway/models_api.py): a .tar.gz of ``epoch-N.keras``
-snapshots, ``network.json``, ``info.json``, ``labels.txt``, the mean image and the SavedModel
-export's files under ``saved_model/`` (checked like the rest, never extracted). It comes from a
-user, so nothing in it is trusted: every member must be a plain file under a safe relative name (no
-absolute path, no ``..``, no links or devices), within the caps below; only the chosen snapshot is
-written out, under a name of our own.
+The archive is the model download's format (the gateway's download route): a .tar.gz of
+``epoch-N.keras`` snapshots, ``network.json``, ``info.json``, ``labels.txt``, the mean image and the
+SavedModel export's files under ``saved_model/`` (checked like the rest, never extracted). It comes
+from a user, so nothing in it is trusted: every member must be a plain file under a safe relative
+name (no absolute path, no ``..``, no links or devices), within the caps below; only the chosen
+snapshot is written out, under a name of our own.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ MAX_MEMBER_BYTES = 4 << 30  # one file, uncompressed
 MAX_TOTAL_BYTES = 8 << 30  # every file, uncompressed
 MAX_MEMBERS = 10_000
 _SNAPSHOT = re.compile(r"^epoch-(\d+(?:\.\d+)?)\.keras$")
-SAVED_MODEL = "saved_model/"  # train_service/export.py's folder in the archive
+SAVED_MODEL = "saved_model/"  # the SavedModel export's folder in the archive
 
 
 def safe_name(name: str) -> bool:
