@@ -12,7 +12,8 @@ import time
 from waitress.server import create_server
 
 from digits.config import ConfigError, Settings
-from gateway.app import bus_of, create_app
+from gateway.app import create_app
+from gateway.context import bus_of
 
 
 def main() -> int:

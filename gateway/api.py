@@ -19,7 +19,11 @@ from digits.jobs import (
     new_job_id,
 )
 from gateway.accounts import AccountError
-from gateway.auth import accounts_of, current_user, login_required
+from gateway.auth import api_login_required, current_user
+from gateway.context import accounts_of
+from gateway.context import bus_client as _bus
+from gateway.context import job_store as _jobs
+from gateway.context import pending as _pending
 from gateway.forms import (
     FormErrors,
     dataset_form,
@@ -28,10 +32,7 @@ from gateway.forms import (
     plugin_form,
     redacted,
 )
-from gateway.runtime import bus_client as _bus
-from gateway.runtime import job_store as _jobs
 from gateway.runtime import json_errors
-from gateway.runtime import pending as _pending
 from gateway.runtime import publish as _publish
 from gateway.runtime import sealed as _sealed
 
@@ -135,7 +136,7 @@ def bus_timeout(exc: TimeoutError) -> ResponseReturnValue:
 
 
 @bp.get("/index.json")
-@login_required
+@api_login_required
 def index() -> ResponseReturnValue:
     """Every dataset and model job, newest first, as DIGITS's home page JSON."""
     _jobs()  # 503 while not connected
@@ -149,7 +150,7 @@ def index() -> ResponseReturnValue:
 
 
 @bp.post("/datasets/images/classification.json")
-@login_required
+@api_login_required
 def create_dataset() -> ResponseReturnValue:
     """Check the form and publish dataset.create; the new job's id."""
     form = _form_data()
@@ -167,7 +168,7 @@ def create_dataset() -> ResponseReturnValue:
 
 
 @bp.post("/datasets/generic/create/<extension_id>.json")
-@login_required
+@api_login_required
 def create_generic_dataset(extension_id: str) -> ResponseReturnValue:
     """Check a data plugin's form and publish dataset.create with its data; the new job's id."""
     from werkzeug.datastructures import CombinedMultiDict, MultiDict
@@ -200,7 +201,7 @@ def create_generic_dataset(extension_id: str) -> ResponseReturnValue:
 
 
 @bp.get("/datasets/<job_id>.json")
-@login_required
+@api_login_required
 def show_dataset(job_id: str) -> ResponseReturnValue:
     """A dataset job: status, stages, counts, labels."""
     try:
@@ -213,7 +214,7 @@ def show_dataset(job_id: str) -> ResponseReturnValue:
 
 
 @bp.post("/models/images/classification.json")
-@login_required
+@api_login_required
 def create_model() -> ResponseReturnValue:
     """Check the form and publish model.create; the new job's id."""
     name, dataset_id, group, checked = model_form(_form_data())
@@ -236,7 +237,7 @@ def create_model() -> ResponseReturnValue:
 
 
 @bp.get("/models/<job_id>.json")
-@login_required
+@api_login_required
 def show_model(job_id: str) -> ResponseReturnValue:
     """A model job: status, snapshots, training progress."""
     try:
@@ -261,7 +262,7 @@ def show_model(job_id: str) -> ResponseReturnValue:
 
 
 @bp.get("/jobs/<job_id>/status")
-@login_required
+@api_login_required
 def job_status(job_id: str) -> ResponseReturnValue:
     """A job's status, as JSON."""
     try:
@@ -277,7 +278,7 @@ def job_status(job_id: str) -> ResponseReturnValue:
 
 
 @bp.delete("/jobs/<job_id>")
-@login_required
+@api_login_required
 def delete_job(job_id: str) -> ResponseReturnValue:
     """Publish job.delete (the owner or an admin only)."""
     job = _job(job_id)
@@ -291,7 +292,7 @@ def delete_job(job_id: str) -> ResponseReturnValue:
 
 
 @bp.post("/jobs/<job_id>/abort")
-@login_required
+@api_login_required
 def abort_job(job_id: str) -> ResponseReturnValue:
     """Publish job.abort (the owner or an admin only)."""
     job = _job(job_id)
@@ -304,7 +305,7 @@ def abort_job(job_id: str) -> ResponseReturnValue:
 
 
 @bp.post("/api/v1/tokens")
-@login_required
+@api_login_required
 def create_token() -> ResponseReturnValue:
     """A new API token for the authenticated user (the token is shown only here)."""
     name = str((request.get_json(silent=True) or {}).get("name") or request.form.get("name", ""))
@@ -313,7 +314,7 @@ def create_token() -> ResponseReturnValue:
 
 
 @bp.delete("/api/v1/tokens/<token_id>")
-@login_required
+@api_login_required
 def revoke_token(token_id: str) -> ResponseReturnValue:
     """Revoke one of the authenticated user's tokens."""
     if not accounts_of().revoke_token(current_user().username, token_id):
@@ -322,7 +323,7 @@ def revoke_token(token_id: str) -> ResponseReturnValue:
 
 
 @bp.post("/api/v1/users")
-@login_required
+@api_login_required
 def create_user() -> ResponseReturnValue:
     """Create a user (admins only): JSON or form ``username``, ``password``, ``is_admin``."""
     if not current_user().is_admin:

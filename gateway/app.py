@@ -1,4 +1,10 @@
-"""The Flask application factory."""
+"""The Flask application factory: the gateway's composition root.
+
+Imports run one way: ``app`` -> the views (``api``, ``classify``, ``models_api``, ``health``,
+``webhook``, ``plugin_static``, ``pages``) -> their helpers (``model_submit``, ``model_progress``,
+``inference``, ``auth``, ``runtime``) -> ``context`` -> ``accounts``, ``busclient``, ``forms``,
+``jobcache``. No view imports ``gateway.app``: ``context`` hands them what it built.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
 from digits.config import Settings
-from gateway import api, classify, health, models_api, pages, plugin_static, webhook
+from gateway import api, classify, context, health, models_api, pages, plugin_static, webhook
 from gateway.accounts import Accounts, LoginLimiter
 from gateway.busclient import BusClient
 
@@ -58,14 +64,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     bus_client = app.config["BUS"]
     if bus_client is None and app.config["START_BUS"]:
         bus_client = BusClient(settings).start()
-    app.extensions["digits_bus"] = bus_client
-    app.extensions["digits_login_limiter"] = LoginLimiter(
-        app.config["LOGIN_LIMIT"], app.config["LOGIN_WINDOW_S"]
-    )
+    accounts = None
     if bus_client is not None:
         accounts = Accounts.open(bus_client)
         accounts.ensure_admin(settings.data_dir, app.config["ADMIN_PASSWORD"])
-        app.extensions["digits_accounts"] = accounts
+    limiter = LoginLimiter(app.config["LOGIN_LIMIT"], app.config["LOGIN_WINDOW_S"])
+    context.init_app(app, bus_client, accounts, limiter)
     csrf.init_app(app)
     # The JSON API and the webhook authenticate every request (Basic/Bearer), not by cookie.
     csrf.exempt(api.bp)
@@ -80,11 +84,3 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(plugin_static.bp)
     pages.register(app)
     return app
-
-
-def bus_of(app: Flask) -> BusClient:
-    """The app's bus client."""
-    client = app.extensions.get("digits_bus")
-    if client is None:
-        raise RuntimeError("the gateway has no bus client (START_BUS was off)")
-    return client

@@ -1,4 +1,10 @@
-"""HTTP Basic and Bearer-token authentication for the JSON routes, with a login rate limit."""
+"""Who is calling: a page session, or HTTP Basic / Bearer for the JSON routes (rate-limited).
+
+One decorator per meaning: ``api_login_required`` (Basic or Bearer; a 401 JSON answer otherwise),
+``page_login_required`` (a session cookie; others go to the login page) and
+``page_or_api_login_required`` (either: a link on a page that scripts call too, as the download).
+Each makes the caller ``g.user``.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +13,15 @@ import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import current_app, g, jsonify, request
+from flask import g, jsonify, redirect, request, session, url_for
 from flask.typing import ResponseReturnValue
 
-from gateway.accounts import Accounts, LoginLimiter, User
+from gateway.accounts import User
+from gateway.context import accounts_of, limiter_of
+from gateway.runtime import is_htmx
 
 F = TypeVar("F", bound=Callable[..., Any])
 REALM = 'Basic realm="DIGITS", charset="UTF-8"'
-
-
-def accounts_of(app: Any = None) -> Accounts:
-    """The app's user accounts."""
-    found = (app or current_app).extensions.get("digits_accounts")
-    if found is None:
-        raise RuntimeError("the gateway has no user accounts (START_BUS was off)")
-    return found
-
-
-def limiter_of(app: Any = None) -> LoginLimiter:
-    """The app's failed-login limiter."""
-    return (app or current_app).extensions["digits_login_limiter"]
 
 
 def _unauthorized(message: str) -> ResponseReturnValue:
@@ -67,8 +62,20 @@ def authenticate() -> User | ResponseReturnValue:
     return user
 
 
-def login_required(view: F) -> F:
-    """Run the view only for an authenticated user, who is then ``g.user``."""
+def session_user() -> User | None:
+    """The logged-in user of this session, if still a valid account."""
+    username = session.get("user")
+    if not isinstance(username, str):
+        return None
+    user = accounts_of().get(username)
+    # A changed password ends the sessions started with the old one.
+    if user is None or session.get("pw") != user.password_hash[-12:]:
+        return None
+    return user
+
+
+def api_login_required(view: F) -> F:
+    """Run the view only for a caller with HTTP Basic or a Bearer token (then ``g.user``)."""
 
     @functools.wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -76,6 +83,40 @@ def login_required(view: F) -> F:
         if not isinstance(found, User):
             return found
         g.user = found
+        return view(*args, **kwargs)
+
+    return wrapped  # type: ignore[return-value]
+
+
+def page_login_required(view: F) -> F:
+    """Run the view only for a logged-in user (``g.user``); others go to the login page."""
+
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        user = session_user()
+        if user is None:
+            login = url_for("auth.login", next=request.full_path.rstrip("?"))
+            if is_htmx():  # a partial cannot redirect the page by itself
+                return "", 401, {"HX-Redirect": login}
+            return redirect(login)
+        g.user = user
+        return view(*args, **kwargs)
+
+    return wrapped  # type: ignore[return-value]
+
+
+def page_or_api_login_required(view: F) -> F:
+    """A page session (a link) or HTTP Basic/Bearer (scripts) may call the view."""
+
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        user = session_user()
+        if user is None:
+            found = authenticate()
+            if not isinstance(found, User):
+                return found
+            user = found
+        g.user = user
         return view(*args, **kwargs)
 
     return wrapped  # type: ignore[return-value]

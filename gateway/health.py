@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
+
+from gateway.context import bus_client
 
 bp = Blueprint("health", __name__)
 
@@ -11,18 +13,14 @@ bp = Blueprint("health", __name__)
 @bp.get("/healthz.json")
 def healthz() -> ResponseReturnValue:
     """NATS state and every service heard from (200 when all are alive, else 503)."""
-    from gateway.app import bus_of
-
-    report = bus_of(current_app).health()
+    report = bus_client().health()
     return jsonify(report), 200 if report["status"] == "ok" else 503
 
 
 @bp.get("/healthz")
 def alive() -> ResponseReturnValue:
     """This gateway's own health for probes: 200 while its NATS connection is up, else 503."""
-    from gateway.app import bus_of
-
-    client = bus_of(current_app)
+    client = bus_client()
     connected = client.nc is not None and client.nc.is_connected
     body = {"status": "ok" if connected else "disconnected", "nats": {"connected": connected}}
     return jsonify(body), 200 if connected else 503

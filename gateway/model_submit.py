@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tarfile
 import tempfile
 import uuid
@@ -22,10 +21,12 @@ from werkzeug.datastructures import FileStorage
 
 from digits import bus, events
 from digits.jobs import INITIALIZED, STATUS_NAMES, Job, JobNotFound, new_job_id
-from digits.models.archive import MAX_MEMBERS, MAX_TOTAL_BYTES, SAVED_MODEL, safe_name
+from digits.models.archive import MAX_MEMBERS, MAX_TOTAL_BYTES, safe_name
 from digits.models.augment import Augment
+from digits.models.layout import INFO, MEAN_FILES, MODEL_FILES, SAVED_MODEL, SNAPSHOT_NAME
 from digits.models.lr_policies import DIGITS_FORM_DEFAULTS, policy_from_form
 from digits.models.options import TrainOptions
+from gateway import context
 from gateway.forms import FormErrors, model_form
 
 CLASSIFICATION = "image-classification"
@@ -41,8 +42,7 @@ METHOD_FIELDS = {
 ARCHIVE_FIELD = "pretrained_archive_file"
 ARCHIVE_PREFIX = "uploads/pretrained/"
 DEFAULT_ARCHIVE_BYTES = 512 << 20  # app config PRETRAINED_MAX_BYTES overrides it
-ARCHIVE_FILES = ("info.json", "labels.txt", "network.json", "mean.npy", "mean.png")
-SNAPSHOT_NAME = re.compile(r"epoch-\d+(\.\d+)?\.keras")
+ARCHIVE_FILES = (*MODEL_FILES, *MEAN_FILES)
 CHUNK = 1 << 20
 # Stands in for the upload's key in the checks, until the upload is stored.
 UPLOADED = f"{ARCHIVE_PREFIX}upload.tar.gz"
@@ -192,9 +192,6 @@ def check(
 
 def submit(name: str, dataset: Job, group: str, checked: dict[str, Any], owner: str) -> str:
     """Publish model.create for a checked form; the new job's id."""
-    from gateway.app import bus_of
-    from gateway.runtime import pending as _pending
-
     job_id = new_job_id()
     command = events.ModelCreate(
         name=name,
@@ -205,20 +202,18 @@ def submit(name: str, dataset: Job, group: str, checked: dict[str, Any], owner: 
         owner=owner,
         job_id=job_id,
     )
-    client = bus_of(current_app)
+    client = context.bus_client()
     assert client.nc is not None
     client.call(bus.publish_event(client.nc.jetstream(), command), timeout=15)
     # The JSON API and the pages answer for the job until the scheduler stores its record.
     summary = {"id": job_id, "name": name, "status": STATUS_NAMES[INITIALIZED]}
-    _pending().add(job_id, summary | {"type": "model", "owner": owner, "group": group})
+    context.pending().add(job_id, summary | {"type": "model", "owner": owner, "group": group})
     return job_id
 
 
 def related_jobs(form: Mapping[str, Any]) -> dict[str, Job]:
     """The dataset and previous model the form names, read from the job store."""
-    from gateway.app import bus_of
-
-    client = bus_of(current_app)
+    client = context.bus_client()
     assert client.jobs is not None
     found: dict[str, Job] = {}
     for key in ("dataset", "previous_networks"):
@@ -291,9 +286,9 @@ def archive_problem(path: Path) -> str | None:
             snapshots = [m for m in members if SNAPSHOT_NAME.fullmatch(m.name.removeprefix("./"))]
             if not snapshots:
                 return "it holds no snapshot (epoch-N.keras)"
-            if "info.json" not in names:
+            if INFO not in names:
                 return "it has no info.json"
-            info = members[names.index("info.json")]
+            info = members[names.index(INFO)]
             if info.size > CHUNK:
                 return f"info.json of {info.size} bytes is too big"
             try:
@@ -348,9 +343,6 @@ def _read(tar: tarfile.TarFile, member: tarfile.TarInfo, size: int = -1) -> byte
 
 def store_archive(path: Path) -> str:
     """Put a checked archive in the artifact store; its key (uploads/pretrained/<uuid>.tar.gz)."""
-    from gateway.app import bus_of
-    from gateway.models_api import _store
-
     key = f"{ARCHIVE_PREFIX}{uuid.uuid4().hex}.tar.gz"
-    bus_of(current_app).call(_store().put_file(key, path), timeout=600)
+    context.bus_client().call(context.artifact_store().put_file(key, path), timeout=600)
     return key

@@ -2,74 +2,45 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
-from flask import Blueprint, Response, abort, current_app, g, jsonify, request
+from flask import Blueprint, Response, abort, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from digits import subjects
+from digits.inference import MAX_IMAGE_BYTES
 from digits.jobs import INITIALIZED, STATUS_NAMES, Job, JobNotFound
-from digits.models.archive import SAVED_MODEL  # the training's final SavedModel export
-from digits.store import Store, store_from_settings
+from digits.models.layout import (
+    MEAN_FILES,
+    MODEL_FILES,
+    SAVED_MODEL,
+    model_key,
+    snapshot_key,
+    snapshot_name,
+)
+from digits.store import Store
 from gateway import model_submit
-from gateway.accounts import User
-from gateway.auth import authenticate, login_required
+from gateway.auth import api_login_required, page_or_api_login_required
 from gateway.busclient import BusClient
+from gateway.context import artifact_store, bus_client
 from gateway.forms import FormErrors
+from gateway.inference import ONE_TIMEOUT_S, ask_view, model_id, snapshot_epoch
 from gateway.runtime import json_errors
 
 bp = Blueprint("models_api", __name__)
-F = TypeVar("F", bound=Callable[..., Any])
-# Model files in the archive, as train_service/session.py stores them under models/<job>/.
-MODEL_FILES = ("info.json", "labels.txt", "network.json")
-MEAN_FILES = ("mean.npy", "mean.png")
 FORMATS = {"tar.gz": "application/gzip", "zip": "application/zip"}
-
-
-def _bus() -> BusClient:
-    from gateway.app import bus_of
-
-    return bus_of(current_app)
-
-
-def _store() -> Store:
-    """The artifact store, opened once per app (its calls run on the bus loop)."""
-    store = current_app.extensions.get("digits_store")
-    if store is None:
-        store = store_from_settings(current_app.config["SETTINGS"])
-        current_app.extensions["digits_store"] = store
-    return store
-
-
-def session_or_api_login(view: F) -> F:
-    """A page session (the download link) or HTTP Basic/Bearer (scripts) may call the view."""
-
-    @functools.wraps(view)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        from gateway.pages.common import session_user
-
-        user = session_user()
-        if user is None:
-            found = authenticate()
-            if not isinstance(found, User):
-                return found
-            user = found
-        g.user = user
-        return view(*args, **kwargs)
-
-    return wrapped  # type: ignore[return-value]
 
 
 json_errors(bp)
 
 
 @bp.post("/models/images/generic.json")
-@login_required
+@api_login_required
 def create_generic() -> ResponseReturnValue:
     """Check a generic model form (DIGITS's field names) and publish model.create."""
     if request.is_json:
@@ -87,7 +58,7 @@ def create_generic() -> ResponseReturnValue:
 
 
 def _model(job_id: str) -> Job:
-    client = _bus()
+    client = bus_client()
     assert client.jobs is not None
     try:
         job = client.call(client.jobs.get(job_id))
@@ -141,16 +112,14 @@ class _Chunks:
 
 def _entries(job: Job, epochs: list[float]) -> list[tuple[str, str]]:
     """(name in the archive, store key) of every file that exists."""
-    client, store = _bus(), _store()
-    wanted = [(name, f"models/{job.id}/{name}") for name in MODEL_FILES]
-    wanted += [
-        (f"epoch-{e:g}.keras", f"models/{job.id}/snapshots/epoch-{e:g}.keras") for e in epochs
-    ]
+    client, store = bus_client(), artifact_store()
+    wanted = [(name, model_key(job.id, name)) for name in MODEL_FILES]
+    wanted += [(snapshot_name(e), snapshot_key(job.id, e)) for e in epochs]
     if job.depends_on:
         wanted += [(name, f"datasets/{job.depends_on[0]}/{name}") for name in MEAN_FILES]
     # The SavedModel is the final model's: it comes with the latest snapshot only.
     snapshots = [float(s) for s in job.extra.get("snapshots") or []]
-    exported = f"models/{job.id}/{SAVED_MODEL}"
+    exported = model_key(job.id, SAVED_MODEL)
     with_export = bool(snapshots) and any(math.isclose(e, snapshots[-1]) for e in epochs)
 
     async def existing() -> list[tuple[str, str]]:
@@ -191,7 +160,7 @@ def _stream(
 
 @bp.get("/models/<job_id>/download")
 @bp.get("/models/<job_id>/download.<any('tar.gz', zip):fmt>")
-@session_or_api_login
+@page_or_api_login_required
 def download(job_id: str, fmt: str = "tar.gz") -> ResponseReturnValue:
     """The model archive (.tar.gz or .zip): snapshot(s), SavedModel, info, labels, mean."""
     job = _model(job_id)
@@ -200,19 +169,16 @@ def download(job_id: str, fmt: str = "tar.gz") -> ResponseReturnValue:
     tag = "all" if len(epochs) > 1 else f"epoch_{epochs[0]:g}"
     filename = f"{job.id}_{tag}.{fmt}"
     return Response(
-        _stream(entries, fmt, _bus(), _store()),
+        _stream(entries, fmt, bus_client(), artifact_store()),
         mimetype=FORMATS[fmt],
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
 
 
 @bp.post("/models/images/generic/infer_one.json")
-@login_required
+@api_login_required
 def generic_infer_one() -> ResponseReturnValue:
     """Run a generic model on one uploaded ``image_file``: its outputs, as DIGITS answered."""
-    from digits import subjects
-    from gateway.classify import MAX_IMAGE_BYTES, ONE_TIMEOUT_S, _epoch, _model_id, _request
-
     form = request.form.to_dict()
     upload = request.files.get("image_file")
     if upload is None or not upload.filename:
@@ -220,10 +186,14 @@ def generic_infer_one() -> ResponseReturnValue:
     image = upload.read(MAX_IMAGE_BYTES + 1)
     if len(image) > MAX_IMAGE_BYTES:
         raise FormErrors({"image_file": [f"image_file exceeds {MAX_IMAGE_BYTES} bytes"]})
-    payload: dict[str, Any] = {"job_id": _model_id(form), "epoch": _epoch(form), "images": [image]}
+    payload: dict[str, Any] = {
+        "job_id": model_id(form),
+        "epoch": snapshot_epoch(form),
+        "images": [image],
+    }
     if form.get("view_extension"):
         payload["view_extension"] = form["view_extension"]
-    reply = _request(subjects.RPC_INFER_GENERIC, payload, ONE_TIMEOUT_S)
+    reply = ask_view(subjects.RPC_INFER_GENERIC, payload, ONE_TIMEOUT_S)
     outputs = reply.get("outputs") or [None]
     return jsonify(
         {

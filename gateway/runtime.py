@@ -1,37 +1,22 @@
-"""What the JSON API and the pages share: the bus client, the job store, publishing, sealing."""
+"""What the JSON API and the pages share: publishing, sealing credentials, JSON errors, htmx."""
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
-from flask import Blueprint, abort, current_app, jsonify
+from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from digits import bus, events, subjects
-from digits.jobs import JobStore
 from digits.secrets import SECRET_FIELDS, SecretBox, SecretStore, seal_form
-from gateway.busclient import BusClient
+from gateway.context import bus_client
 from gateway.forms import FormErrors
 
-PENDING_S = 300.0  # how long a job this gateway submitted is "Initialized" before it is stored
 
-
-def bus_client() -> BusClient:
-    """The app's bus client (one NATS connection, owned by a background loop thread)."""
-    from gateway.app import bus_of
-
-    return bus_of(current_app)
-
-
-def job_store() -> JobStore:
-    """The job store, or 503 while the gateway is not connected to NATS."""
-    store = bus_client().jobs
-    if store is None:
-        abort(503, description="not connected to NATS yet")
-    return store
+def is_htmx() -> bool:
+    """Whether htmx sent this request (it then gets the fragment, not the whole page)."""
+    return request.headers.get("HX-Request") == "true"
 
 
 def publish(event: events.Event) -> None:
@@ -57,32 +42,6 @@ def sealed(form: dict[str, Any], owner: str) -> dict[str, Any]:
         return await seal_form(SecretStore(kv, SecretBox(key)), form, owner=owner)
 
     return client.call(seal(), timeout=15)
-
-
-class Pending:
-    """Jobs this gateway asked for whose records the services have not stored yet."""
-
-    def __init__(self) -> None:
-        self._jobs: dict[str, tuple[float, dict[str, Any]]] = {}
-        self._lock = threading.Lock()
-
-    def add(self, job_id: str, summary: dict[str, Any]) -> None:
-        """Remember a submitted job's summary."""
-        now = time.monotonic()
-        with self._lock:
-            self._jobs = {k: v for k, v in self._jobs.items() if now - v[0] < PENDING_S}
-            self._jobs[job_id] = (now, summary)
-
-    def get(self, job_id: str) -> dict[str, Any] | None:
-        """The summary of a recently submitted job, if any."""
-        with self._lock:
-            found = self._jobs.get(job_id)
-        return found[1] if found and time.monotonic() - found[0] < PENDING_S else None
-
-
-def pending() -> Pending:
-    """This app's record of the jobs it submitted that are not stored yet."""
-    return current_app.extensions.setdefault("digits_pending_jobs", Pending())
 
 
 def json_http_error(exc: HTTPException) -> ResponseReturnValue:

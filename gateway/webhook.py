@@ -14,6 +14,7 @@ from flask.typing import ResponseReturnValue
 
 from digits import bus, subjects
 from digits.notifications import NotificationError, ObjectCreated, parse_notification
+from gateway import context
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +108,7 @@ def s3_events() -> ResponseReturnValue:
         problem = _check(obj)
         if problem:
             return _error(problem, 400)
-    from gateway.app import bus_of
-
-    bus_client = bus_of(current_app)
+    bus_client = context.bus_client()
     if bus_client.nc is None or not bus_client.nc.is_connected:
         return _error("not connected to NATS; retry later", 503)
     js = bus_client.nc.jetstream()

@@ -10,7 +10,6 @@ import itertools
 import os
 import re
 import tempfile
-import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,13 +21,12 @@ import msgspec
 import numpy as np
 
 from digits import dataset as datasets
+from digits.inference import MAX_IMAGE_BYTES, MAX_TOTAL_BYTES
 from digits.paths import confine
-from digits.store import StoreError
 from digits.utils.image import SUPPORTED_EXTENSIONS, ImageError
+from view_service.model_data import model_dataset, shard_samples
 from view_service.models import Deps, InferenceError, LoadedModel
 
-MAX_IMAGE_BYTES = 8 << 20  # one image of ClassifyOne
-MAX_TOTAL_BYTES = 8 << 20  # all the ``images`` of a ClassifyMany or TopN together
 MAX_SKIP_REASONS = 10
 SOURCES = ("images", "image_list", "folder", "dataset_stage")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -198,39 +196,6 @@ def _sample(model: LoadedModel, raw: bytes) -> Any:
     return model.prepare(feature), label if isinstance(label, int) else None
 
 
-_shards: dict[str, tuple[datasets.ShardReader, int]] = {}  # LMDB opens a file once a process
-_shards_lock = threading.Lock()
-
-
-def _raw(path: Path) -> Iterator[bytes]:
-    """The encoded samples of a shard, its reader shared with other requests."""
-    with _shards_lock:
-        reader, users = _shards.get(str(path)) or (datasets.ShardReader(path), 0)
-        _shards[str(path)] = (reader, users + 1)
-    try:
-        yield from reader.raw()  # py-lmdb transactions may move between threads
-    finally:
-        with _shards_lock:
-            reader, users = _shards.pop(str(path))
-            if users > 1:
-                _shards[str(path)] = (reader, users - 1)
-            else:
-                reader.close()
-
-
-async def _dataset(deps: Deps, model: LoadedModel, stage: str) -> datasets.Dataset:  # local
-    url = deps.store.url(f"datasets/{model.dataset_id or '-'}/manifest.json")
-    cache = deps.work_dir / "datasets" / (model.dataset_id or "-")
-    kw = {k: getattr(deps.store, k, None) for k in ("endpoint_url", "region")}  # as the store's
-    try:
-        ds = await asyncio.to_thread(datasets.open, url, cache, **kw)
-    except (OSError, ValueError, StoreError) as exc:
-        raise InferenceError(f"model {model.job_id}: cannot read its dataset: {exc}") from None
-    if stage not in ds.stages or not ds.count(stage):
-        raise InferenceError(f"dataset {model.dataset_id} has no {stage} samples")
-    return ds
-
-
 async def _items(deps: Deps, model: LoadedModel, req: _Source) -> Iterator[_Item]:  # lazy
     if sum(getattr(req, name) is not None for name in SOURCES) != 1:
         raise InferenceError(f"give exactly one image source: {', '.join(SOURCES)}")
@@ -240,8 +205,8 @@ async def _items(deps: Deps, model: LoadedModel, req: _Source) -> Iterator[_Item
             raise InferenceError(f"images of {total} bytes exceed {MAX_TOTAL_BYTES} bytes")
         return (_Item(i, None, None, partial(read, d, None)) for i, d in enumerate(req.images))
     if req.dataset_stage is not None:
-        ds = await _dataset(deps, model, req.dataset_stage)
-        raws = itertools.chain.from_iterable(map(_raw, ds.shard_paths(req.dataset_stage)))
+        ds = await model_dataset(deps, model, req.dataset_stage)
+        raws = itertools.chain.from_iterable(map(shard_samples, ds.shard_paths(req.dataset_stage)))
         return (_Item(n, None, None, partial(_sample, model, r)) for n, r in enumerate(raws))
     if not deps.data_roots:
         raise InferenceError("reading image files needs data roots (DIGITS_DATA_ROOTS)")

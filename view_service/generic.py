@@ -25,17 +25,15 @@ from digits.extensions import data as data_extensions
 from digits.extensions import view as view_extensions
 from digits.extensions.view.interface import DatasetInfo
 from digits.extensions.view.rendering import Inference, Rendered, ViewError, render
+from digits.inference import DEFAULT_VIEWS, MAX_INPUTS, MAX_TOTAL_BYTES, RAW_VIEW
 from digits.jobs import JobNotFound
 from digits.store import NotFoundError
 from digits.utils.constants import TEST_DB
 from digits.utils.image import ImageError
-from view_service.classify import MAX_TOTAL_BYTES, _dataset, _raw
+from view_service.model_data import model_dataset, shard_samples
 from view_service.models import Deps, InferenceError, LoadedModel, softmax
 
-MAX_INPUTS = 64  # inputs of one request: the views' HTML must fit in one reply
 PREDICT_BATCH = 16
-DEFAULT_VIEWS = {"segmentation": "image-segmentation"}  # other tasks: raw data
-RAW_VIEW = "all-outputs"
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -116,7 +114,7 @@ def _from_images(model: LoadedModel, images: list[bytes], limit: int) -> list[It
 
 
 def _from_db(paths: list[Path], limit: int) -> list[Item]:
-    raws = itertools.islice(itertools.chain.from_iterable(map(_raw, paths)), limit)
+    raws = itertools.islice(itertools.chain.from_iterable(map(shard_samples, paths)), limit)
     items = []
     for n, raw in enumerate(raws):
         feature, label = datasets.decode_sample(raw)
@@ -188,7 +186,7 @@ async def _items(deps: Deps, model: LoadedModel, req: InferGeneric) -> list[Item
         return await asyncio.to_thread(_from_images, model, req.images, req.limit)
     if req.db is not None:
         stage = f"{req.db}_db"
-        ds = await _dataset(deps, model, stage)
+        ds = await model_dataset(deps, model, stage)
         return await asyncio.to_thread(_from_db, ds.shard_paths(stage), req.limit)
     return await _from_form(deps, model, req)
 

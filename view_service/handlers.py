@@ -9,11 +9,12 @@ import msgspec
 from nats.aio.msg import Msg
 
 from digits import subjects
+from digits.inference import MAX_TOTAL_BYTES
 from digits.utils.image import ImageError
 from view_service import classify, generic
 from view_service.models import Deps, InferenceError
 
-MAX_REQUEST_BYTES = classify.MAX_TOTAL_BYTES + (1 << 20)  # the images plus the request's fields
+MAX_REQUEST_BYTES = MAX_TOTAL_BYTES + (1 << 20)  # the images plus the request's fields
 
 # subject -> (request type, handler): the one place the inference API is registered.
 ROUTES: dict[str, tuple[type, Callable[[Deps, Any], Awaitable[Any]]]] = {

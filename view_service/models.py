@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 
 from digits.jobs import Job, JobNotFound, JobStore
+from digits.models.layout import DEFAULT_SCALE, INFO, LABELS, model_key, snapshot_key, snapshot_name
 from digits.store import NotFoundError, Store
 from digits.utils.image import RESIZE_MODES, load_image, resize_image
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SCALE = 1.0 / 255.0  # train_service.session.SCALE: what a model without info.json saw
 OVERHEAD_BYTES = 1 << 20  # per loaded model, beyond its weights and mean image
 MEAN_MODES = ("none", "image", "pixel")
 
@@ -281,7 +281,7 @@ class ModelCache:
             return None
 
     async def _load(self, job: Job, epoch: float) -> LoadedModel:
-        raw = await self._optional(f"models/{job.id}/info.json")
+        raw = await self._optional(model_key(job.id, INFO))
         info: dict[str, Any] = json.loads(raw) if raw else {}  # a running job has none yet
         dataset_id = str(info.get("dataset_id") or (job.depends_on or [""])[0])
         try:
@@ -307,7 +307,7 @@ class ModelCache:
             if mode == "pixel":
                 mean = mean.mean(axis=(0, 1), dtype=np.float64).astype(np.float32)
         labels = info.get("labels") or manifest.get("labels")
-        if not labels and (text := await self._optional(f"models/{job.id}/labels.txt")):
+        if not labels and (text := await self._optional(model_key(job.id, LABELS))):
             labels = text.decode().splitlines()
         crop = info.get("crop_size") if info else _int(job.form, "crop_size")
         keras_model = await self._fetch(job.id, epoch)
@@ -335,10 +335,10 @@ class ModelCache:
         return model
 
     async def _fetch(self, job_id: str, epoch: float) -> Any:
-        name = f"epoch-{epoch:g}.keras"
+        name = snapshot_name(epoch)
         path = self.cache_dir / "models" / job_id / f".{uuid.uuid4().hex}.{name}"
         try:
-            await self.store.get_file(f"models/{job_id}/snapshots/{name}", path)
+            await self.store.get_file(snapshot_key(job_id, epoch), path)
         except NotFoundError:
             raise InferenceError(f"model {job_id}: the snapshot file {name} is missing") from None
         try:

@@ -11,17 +11,16 @@ snapshot is written out, under a name of our own.
 from __future__ import annotations
 
 import math
-import re
 import shutil
 import tarfile
 from pathlib import Path, PurePosixPath
+
+from digits.models.layout import SAVED_MODEL, SNAPSHOT_NAME, snapshot_name
 
 MAX_ARCHIVE_BYTES = 4 << 30  # compressed
 MAX_MEMBER_BYTES = 4 << 30  # one file, uncompressed
 MAX_TOTAL_BYTES = 8 << 30  # every file, uncompressed
 MAX_MEMBERS = 10_000
-_SNAPSHOT = re.compile(r"^epoch-(\d+(?:\.\d+)?)\.keras$")
-SAVED_MODEL = "saved_model/"  # the SavedModel export's folder in the archive
 
 
 def safe_name(name: str) -> bool:
@@ -73,7 +72,7 @@ def snapshots(path: Path) -> dict[float, tarfile.TarInfo]:
                     raise ArchiveError(f"the archive unpacks to over {MAX_TOTAL_BYTES} bytes")
                 path = PurePosixPath(member.name)
                 exported = path.parts[:1] == (SAVED_MODEL.rstrip("/"),)
-                match = None if exported else _SNAPSHOT.match(path.name)
+                match = None if exported else SNAPSHOT_NAME.match(path.name)
                 if match:
                     epoch = float(match.group(1))
                     if epoch in found:
@@ -106,7 +105,7 @@ def extract_snapshot(path: Path, dest_dir: Path, epoch: float | None = None) -> 
     chosen = choose(found, epoch)
     member = found[chosen]
     dest_dir.mkdir(parents=True, exist_ok=True)
-    dest = dest_dir / f"epoch-{chosen:g}.keras"
+    dest = dest_dir / snapshot_name(chosen)
     tmp = dest.with_suffix(".part")
     try:
         with tarfile.open(path, mode="r:gz") as tar:

@@ -7,8 +7,9 @@ import math
 from flask import Blueprint, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
 
-from gateway.auth import accounts_of, limiter_of
-from gateway.pages.common import safe_next, session_user
+from gateway.auth import session_user
+from gateway.context import accounts_of, limiter_of
+from gateway.pages.common import safe_next
 
 bp = Blueprint("auth", __name__)
 

@@ -1,27 +1,24 @@
-"""What every page shares: session login, partial-or-page rendering, the bus and job store."""
+"""What the page modules share: partial-or-page rendering, ownership, menus, inference forms.
+
+Page modules (one blueprint each) never import each other; what two of them need is here, in
+``jobdata`` (job records and dataset files) or in a helper module named for what it holds
+(``dataset_forms``, ``dataset_view``, ``generic_forms``). Login is ``gateway.auth``'s, the bus and
+the job store ``gateway.context``'s.
+"""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
-from flask import abort, current_app, g, redirect, render_template, request, session, url_for
+from flask import abort, current_app, g, render_template, request, url_for
 from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import HTTPException
 
+from digits.jobs import Job
 from gateway.accounts import User
-from gateway.auth import accounts_of
-from gateway.runtime import bus_client as bus_client  # re-exported for the pages
-from gateway.runtime import job_store as job_store
-from gateway.runtime import publish as publish
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def is_htmx() -> bool:
-    """Whether htmx sent this request (it then gets the fragment, not the whole page)."""
-    return request.headers.get("HX-Request") == "true"
+from gateway.inference import ask_view
+from gateway.runtime import is_htmx
 
 
 def page(template: str, partial: str, **context: Any) -> str:
@@ -36,35 +33,6 @@ def safe_next(target: str | None) -> str:
         if not parts.scheme and not parts.netloc and target.startswith("/"):
             return target
     return url_for("home.index") if "home.index" in current_app.view_functions else "/"
-
-
-def session_user() -> User | None:
-    """The logged-in user of this session, if still a valid account."""
-    username = session.get("user")
-    if not isinstance(username, str):
-        return None
-    user = accounts_of().get(username)
-    # A changed password ends the sessions started with the old one.
-    if user is None or session.get("pw") != user.password_hash[-12:]:
-        return None
-    return user
-
-
-def page_login_required(view: F) -> F:
-    """Run the view only for a logged-in user (``g.user``); others go to the login page."""
-
-    @functools.wraps(view)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        user = session_user()
-        if user is None:
-            login = url_for("auth.login", next=request.full_path.rstrip("?"))
-            if is_htmx():  # a partial cannot redirect the page by itself
-                return "", 401, {"HX-Redirect": login}
-            return redirect(login)
-        g.user = user
-        return view(*args, **kwargs)
-
-    return wrapped  # type: ignore[return-value]
 
 
 def may_change(owner: str) -> bool:
@@ -108,3 +76,42 @@ def model_menu() -> list[tuple[str, list[tuple[str, str]]]]:
             ],
         )
     ]
+
+
+class InferError(Exception):
+    """What to show instead of a result, with the HTTP status."""
+
+    def __init__(self, message: str, status: int = 400, field: str = "") -> None:
+        super().__init__(message)
+        self.message, self.status, self.field = message, status, field
+
+
+def form_epoch() -> float:
+    """The posted ``snapshot_epoch`` (-1, the latest, when empty)."""
+    text = request.form.get("snapshot_epoch", "").strip()
+    if not text:
+        return -1.0
+    try:
+        return float(text)
+    except ValueError:
+        raise InferError(
+            f"snapshot_epoch {text!r} is not a number", field="snapshot_epoch"
+        ) from None
+
+
+def ask_or_fail(subject: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """The view service's reply; its refusal (or its absence) as an InferError."""
+    try:
+        return ask_view(subject, payload, timeout)
+    except HTTPException as exc:
+        raise InferError(str(exc.description or exc.name), exc.code or 500) from None
+
+
+def infer_result(job: Job, partial: str, **context: Any) -> ResponseReturnValue:
+    """An inference form's result: the ``partial`` for htmx, inside the model's page otherwise."""
+    return page("models/infer.html", partial, job=job, result=partial, **context)
+
+
+def infer_failed(job: Job, partial: str, exc: InferError) -> ResponseReturnValue:
+    """The form's result partial with the error in place of a result, and its HTTP status."""
+    return infer_result(job, partial, error=exc.message, field=exc.field), exc.status

@@ -22,10 +22,13 @@ from digits import events
 from digits.extensions.data import UnknownExtension, get_extension
 from digits.jobs import INITIALIZED, STATUS_NAMES, Job, JobNotFound, new_job_id
 from digits.paths import PathNotAllowed, confine
+from gateway.auth import page_login_required
+from gateway.context import bus_client, job_store
+from gateway.context import pending as _pending
 from gateway.forms import FormErrors, dataset_form, plugin_dataset_form, plugin_form
 from gateway.pages import dataset_forms as df
 from gateway.pages import dataset_view as dv
-from gateway.pages.common import bus_client, is_htmx, job_store, page, page_login_required, publish
+from gateway.pages.common import page
 from gateway.pages.jobdata import (
     POLL,
     dependents,
@@ -37,7 +40,7 @@ from gateway.pages.jobdata import (
     read_dataset_file,
     status_name,
 )
-from gateway.runtime import pending as _pending
+from gateway.runtime import is_htmx, publish
 from gateway.runtime import sealed as _sealed
 
 bp = Blueprint("datasets", __name__)

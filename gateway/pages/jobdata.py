@@ -1,23 +1,36 @@
-"""What the job pages read: job records, progress, durations, dataset files in the store."""
+"""What the job pages read: job records (pending ones too), progress, the home page's job lists,
+durations, dataset files in the store."""
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 import nats.errors
 import nats.js.errors
-from flask import abort, current_app
+from flask import abort, current_app, render_template
 
 from digits import events, subjects
 from digits.dataset import MANIFEST, Manifest
-from digits.jobs import DONE, RUNNING, STATUS_NAMES, TERMINAL, Job, JobNotFound
+from digits.jobs import (
+    DONE,
+    INITIALIZED,
+    RUNNING,
+    STATUS_NAMES,
+    TERMINAL,
+    WAITING,
+    Job,
+    JobNotFound,
+)
 from digits.store import StoreError, open_store
-from gateway.pages.common import bus_client, job_store
+from gateway.context import bus_client, job_store, pending
 
 POLL = "load delay:500ms"  # self-polling partials: a change shows within about half a second
+TABS = ("datasets", "models")  # the home page's job lists
+ACTIVE = (WAITING, RUNNING)
 
 
 def find_job(job_id: str, kind: str | None = None) -> Job:
@@ -28,6 +41,34 @@ def find_job(job_id: str, kind: str | None = None) -> Job:
         job = None
     if job is None or (kind is not None and job.type != kind):
         abort(404, description=f"no {kind or 'job'} with id {job_id!r}")
+    return job
+
+
+def find_model(job_id: str) -> tuple[Job | None, bool]:
+    """(the model job, whether it is only pending), None when there is no such model."""
+    try:
+        job = bus_client().call(job_store().get(job_id))
+    except JobNotFound:
+        summary = pending().get(job_id)
+        if summary is None or summary.get("type") != "model":
+            return None, False
+        job = Job(
+            id=job_id,
+            type="model",
+            name=summary["name"],
+            owner=summary.get("owner", ""),
+            group=summary.get("group", ""),
+            status=INITIALIZED,
+        )
+        return job, True
+    return (job, False) if job.type == "model" else (None, False)
+
+
+def model_or_404(job_id: str) -> Job:
+    """The model job (or the pending one this gateway submitted), else a 404 naming the id."""
+    job, _ = find_model(job_id)
+    if job is None:
+        abort(404, description=f"no model with id {job_id!r}")
     return job
 
 
@@ -153,3 +194,65 @@ def open_dataset(job: Job) -> Any:
         abort(404, description=f"dataset {job.id} has no files yet")
     cache = Path(current_app.config["SETTINGS"].data_dir) / "cache" / "datasets" / job.id
     return dataset.open(root, cache_dir=cache, **_store_kw())
+
+
+def job_time(stamp: float | None) -> str:
+    """A Unix time as ``2026-11-26 22:12:10 UTC``."""
+    if not stamp:
+        return ""
+    return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def job_url(job: Job) -> str:
+    """The page of a job."""
+    return f"/{job.type}s/{job.id}"
+
+
+def _groups(found: list[Job]) -> list[tuple[str, list[Job]]]:
+    """Jobs by group name: the ungrouped ones first, then the groups alphabetically."""
+    groups: dict[str, list[Job]] = {}
+    for job in found:
+        groups.setdefault(job.group, []).append(job)
+    return sorted(groups.items(), key=lambda item: (item[0] != "", item[0].lower()))
+
+
+def running_jobs(found: list[Job]) -> list[dict[str, Any]]:
+    """The waiting and running jobs, with their progress and elapsed time."""
+    return [
+        {"job": j, "progress": progress(j), "elapsed": duration(j.created_at, None)}
+        for j in found
+        if j.status in ACTIVE
+    ]
+
+
+def tab_context(tab: str, messages: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """What the job list of ``tab`` shows."""
+    found = all_jobs()
+    names = {j.id: j.name for j in found if j.type == "dataset"}
+    kind = "dataset" if tab == "datasets" else "model"
+    shown = [j for j in found if j.type == kind]
+    rows = {
+        j.id: {
+            "progress": progress(j) if j.status in ACTIVE else None,
+            "dataset": (j.depends_on[0], names.get(j.depends_on[0], j.depends_on[0]))
+            if j.depends_on
+            else None,
+        }
+        for j in shown
+    }
+    counts = {t: sum(j.type == t[:-1] for j in found) for t in TABS}
+    return {
+        "tab": tab,
+        "groups": _groups(shown),
+        "rows": rows,
+        "counts": counts,
+        "running": running_jobs(found),
+        "messages": messages or [],
+        "status_name": status_name,
+        "poll": POLL,
+    }
+
+
+def render_tab(tab: str, messages: list[tuple[str, str]] | None = None) -> str:
+    """The job list partial of ``tab`` (with action messages, after a bulk action)."""
+    return render_template("home/_tab.html", **tab_context(tab, messages))

@@ -14,11 +14,12 @@ from flask.typing import ResponseReturnValue
 
 from digits import events
 from digits.jobs import TERMINAL, Job, JobNotFound
-from gateway.pages.common import bus_client, is_htmx, job_store, may_change, page
-from gateway.pages.common import page_login_required as login
-from gateway.pages.common import publish as publish_event
-from gateway.pages.home import TABS, job_url, render_tab
-from gateway.pages.jobdata import dependents, find_job, status_name
+from gateway.auth import page_login_required
+from gateway.context import bus_client, job_store
+from gateway.pages.common import may_change, page
+from gateway.pages.jobdata import TABS, dependents, find_job, job_url, render_tab, status_name
+from gateway.runtime import is_htmx
+from gateway.runtime import publish as publish_event
 
 bp = Blueprint("jobs", __name__)
 Message = tuple[str, str]  # (category, text)
@@ -99,7 +100,7 @@ def _actions(job: Job, message: Message | None, status: int = 200) -> ResponseRe
 
 
 @bp.post("/jobs/<job_id>/actions/abort")
-@login
+@page_login_required
 def abort(job_id: str) -> ResponseReturnValue:
     """Abort a waiting or running job (its owner or an admin)."""
     job = find_job(job_id)
@@ -110,7 +111,7 @@ def abort(job_id: str) -> ResponseReturnValue:
 
 
 @bp.post("/jobs/<job_id>/actions/delete")
-@login
+@page_login_required
 def delete(job_id: str) -> ResponseReturnValue:
     """Delete a job, unless a model depends on it (its owner or an admin)."""
     job = find_job(job_id)
@@ -129,7 +130,7 @@ def _edit_page(job: Job, errors: dict[str, list[str]], values: dict[str, str], s
 
 
 @bp.get("/jobs/<job_id>/edit")
-@login
+@page_login_required
 def edit(job_id: str) -> ResponseReturnValue:
     """The form that changes a job's name, group and notes."""
     job = find_job(job_id)
@@ -138,7 +139,7 @@ def edit(job_id: str) -> ResponseReturnValue:
 
 
 @bp.post("/jobs/<job_id>/edit")
-@login
+@page_login_required
 def edit_post(job_id: str) -> ResponseReturnValue:
     """Publish job.edit with the changed fields; errors re-render the form (400)."""
     job = find_job(job_id)
@@ -199,7 +200,7 @@ def _bulk(action: str, job_ids: list[str]) -> list[Message]:
 
 
 @bp.post("/jobs/bulk")
-@login
+@page_login_required
 def bulk() -> ResponseReturnValue:
     """Abort, delete or regroup the checked jobs of the home page."""
     tab = request.form.get("tab", "datasets")

@@ -9,19 +9,17 @@ from typing import Any
 from flask import Blueprint, abort, g, jsonify, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 
-from digits.jobs import INITIALIZED, STATUS_NAMES, TERMINAL, Job, JobNotFound
+from digits.jobs import STATUS_NAMES, TERMINAL, Job, JobNotFound
 from digits.models.augment import FLIPS, QUAD_ROTS
 from digits.models.lr_policies import DIGITS_FORM_DEFAULTS
 from gateway import model_progress, model_submit
+from gateway.auth import page_login_required
+from gateway.context import bus_client, job_store
 from gateway.forms import LR_POLICIES, MEANS, NETWORKS, SOLVERS, FormErrors, redacted
-from gateway.pages.common import (
-    bus_client,
-    is_htmx,
-    job_store,
-    may_change,
-    page,
-    page_login_required,
-)
+from gateway.pages import generic_forms
+from gateway.pages.common import may_change, page
+from gateway.pages.jobdata import find_model, model_or_404
+from gateway.runtime import is_htmx
 
 bp = Blueprint("models", __name__)
 
@@ -100,7 +98,7 @@ def _new(generic: bool) -> ResponseReturnValue:
     values: dict[str, Any] = {}
     clone = request.args.get("clone", "").strip()
     if clone:
-        source = _job_or_404(clone)
+        source = model_or_404(clone)
         values = {
             **redacted(source.form),
             "dataset": source.depends_on[0] if source.depends_on else "",
@@ -215,35 +213,6 @@ def lr_preview() -> ResponseReturnValue:
     return (html, 400) if "error" in preview else html
 
 
-def _find(job_id: str) -> tuple[Job | None, bool]:
-    """(the model job, whether it is only pending), None when there is no such model."""
-    try:
-        job = bus_client().call(job_store().get(job_id))
-    except JobNotFound:
-        from gateway.runtime import pending as _pending
-
-        summary = _pending().get(job_id)
-        if summary is None or summary.get("type") != "model":
-            return None, False
-        job = Job(
-            id=job_id,
-            type="model",
-            name=summary["name"],
-            owner=summary.get("owner", ""),
-            group=summary.get("group", ""),
-            status=INITIALIZED,
-        )
-        return job, True
-    return (job, False) if job.type == "model" else (None, False)
-
-
-def _job_or_404(job_id: str) -> Job:
-    job, _ = _find(job_id)
-    if job is None:
-        abort(404, description=f"no model with id {job_id!r}")
-    return job
-
-
 def _status_context(job: Job, pending: bool) -> dict[str, Any]:
     client = bus_client()
     assert client.nc is not None
@@ -272,9 +241,7 @@ def _status_context(job: Job, pending: bool) -> dict[str, Any]:
 @page_login_required
 def show(job_id: str) -> ResponseReturnValue:
     """The model page: status, graphs, snapshots, inference forms, download, job actions."""
-    from gateway.pages import models_generic
-
-    job, pending = _find(job_id)
+    job, pending = find_model(job_id)
     if job is None:
         abort(404, description=f"no model with id {job_id!r}")
     dataset = None
@@ -285,8 +252,8 @@ def show(job_id: str) -> ResponseReturnValue:
             dataset = None
     context = _status_context(job, pending)
     generic = None
-    if not pending and models_generic.is_generic(job, dataset):
-        generic = models_generic.context(job, dataset, request.args.get("view_extension"))
+    if not pending and generic_forms.is_generic(job, dataset):
+        generic = generic_forms.context(job, dataset, request.args.get("view_extension"))
     return page(
         "models/show.html",
         "models/_status.html",
@@ -301,7 +268,7 @@ def show(job_id: str) -> ResponseReturnValue:
 @page_login_required
 def status(job_id: str) -> ResponseReturnValue:
     """The status partial: polls itself every second while the job runs, then stops."""
-    job, pending = _find(job_id)
+    job, pending = find_model(job_id)
     if job is None:
         abort(404, description=f"no model with id {job_id!r}")
     context = _status_context(job, pending)
@@ -313,7 +280,7 @@ def status(job_id: str) -> ResponseReturnValue:
 @page_login_required
 def progress(job_id: str) -> ResponseReturnValue:
     """Training points after stream sequence ``after``: what the graphs append."""
-    job, pending = _find(job_id)
+    job, pending = find_model(job_id)
     if job is None:
         abort(404, description=f"no model with id {job_id!r}")
     text = request.args.get("after", "0")

@@ -1,6 +1,6 @@
 """The model page's inference forms: Classify One, Classify Many, Top N, answered as partials.
 
-The view service answers over NATS request/reply (as for the JSON routes in gateway/classify.py);
+The view service answers over NATS request/reply (gateway/inference.py, as for the JSON routes);
 each form's result is one partial that htmx swaps into the page, or a whole page without htmx.
 """
 
@@ -12,38 +12,23 @@ from typing import Any
 from flask import Blueprint, request
 from flask.typing import ResponseReturnValue
 from werkzeug.datastructures import FileStorage
-from werkzeug.exceptions import HTTPException
 
 from digits import subjects
-from digits.jobs import Job
-from gateway.classify import MANY_TIMEOUT_S, MAX_IMAGE_BYTES, ONE_TIMEOUT_S, _request
-from gateway.pages.common import page, page_login_required
-from gateway.pages.models import _job_or_404
+from digits.inference import MAX_IMAGE_BYTES, MAX_TOTAL_BYTES
+from gateway.auth import page_login_required
+from gateway.inference import MANY_TIMEOUT_S, ONE_TIMEOUT_S
+from gateway.pages.common import (
+    InferError,
+    ask_or_fail,
+    form_epoch,
+    infer_failed,
+    infer_result,
+)
+from gateway.pages.jobdata import model_or_404
 
 bp = Blueprint("models_infer", __name__)
-MAX_TOTAL_BYTES = 8 << 20  # the view service's bound on the images of one request
 THUMB_BYTES = 256 << 10  # uploaded images up to this size are shown back inline
 MAX_SHOWN = 1000
-
-
-class InferError(Exception):
-    """What to show instead of a result, with the HTTP status."""
-
-    def __init__(self, message: str, status: int = 400, field: str = "") -> None:
-        super().__init__(message)
-        self.message, self.status, self.field = message, status, field
-
-
-def _epoch() -> float:
-    text = request.form.get("snapshot_epoch", "").strip()
-    if not text:
-        return -1.0
-    try:
-        return float(text)
-    except ValueError:
-        raise InferError(
-            f"snapshot_epoch {text!r} is not a number", field="snapshot_epoch"
-        ) from None
 
 
 def _count(name: str, default: int, lo: int, hi: int) -> int:
@@ -65,14 +50,6 @@ def _thumb(upload: FileStorage, data: bytes) -> str | None:
         return None
     kind = upload.mimetype if (upload.mimetype or "").startswith("image/") else "image/png"
     return f"data:{kind};base64,{base64.b64encode(data).decode()}"
-
-
-def _ask(subject: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """The view service's reply; its refusal (or its absence) as an InferError."""
-    try:
-        return _request(subject, payload, timeout)
-    except HTTPException as exc:
-        raise InferError(str(exc.description or exc.name), exc.code or 500) from None
 
 
 def _source(payload: dict[str, Any]) -> list[str | None]:
@@ -110,19 +87,11 @@ def _source(payload: dict[str, Any]) -> list[str | None]:
     return thumbs
 
 
-def _render(job: Job, partial: str, **context: Any) -> ResponseReturnValue:
-    return page("models/infer.html", partial, job=job, result=partial, **context)
-
-
-def _failed(job: Job, partial: str, exc: InferError) -> ResponseReturnValue:
-    return _render(job, partial, error=exc.message, field=exc.field), exc.status
-
-
 @bp.post("/models/<job_id>/classify_one")
 @page_login_required
 def classify_one(job_id: str) -> ResponseReturnValue:
     """Classify one uploaded image: the top-5 table with confidence bars."""
-    job = _job_or_404(job_id)
+    job = model_or_404(job_id)
     partial = "models/_classify_one.html"
     try:
         upload = request.files.get("image_file")
@@ -131,11 +100,11 @@ def classify_one(job_id: str) -> ResponseReturnValue:
         image = upload.read(MAX_IMAGE_BYTES + 1)
         if len(image) > MAX_IMAGE_BYTES:
             raise InferError(f"image_file exceeds {MAX_IMAGE_BYTES} bytes", field="image_file")
-        payload = {"job_id": job.id, "epoch": _epoch(), "image": image, "top_k": 5}
-        reply = _ask(subjects.RPC_INFER_CLASSIFY, payload, ONE_TIMEOUT_S)
+        payload = {"job_id": job.id, "epoch": form_epoch(), "image": image, "top_k": 5}
+        reply = ask_or_fail(subjects.RPC_INFER_CLASSIFY, payload, ONE_TIMEOUT_S)
     except InferError as exc:
-        return _failed(job, partial, exc)
-    return _render(
+        return infer_failed(job, partial, exc)
+    return infer_result(
         job,
         partial,
         filename=upload.filename,
@@ -149,16 +118,16 @@ def classify_one(job_id: str) -> ResponseReturnValue:
 @page_login_required
 def classify_many(job_id: str) -> ResponseReturnValue:
     """Classify a list of images: a results table, accuracy and confusion matrix with labels."""
-    job = _job_or_404(job_id)
+    job = model_or_404(job_id)
     partial = "models/_classify_many.html"
     try:
         shown = _count("num_test_images", 100, 1, MAX_SHOWN)
-        payload: dict[str, Any] = {"job_id": job.id, "epoch": _epoch(), "top_k": 5}
+        payload: dict[str, Any] = {"job_id": job.id, "epoch": form_epoch(), "top_k": 5}
         payload["max_results"] = shown
         thumbs = _source(payload)
-        reply = _ask(subjects.RPC_INFER_MANY, payload, MANY_TIMEOUT_S)
+        reply = ask_or_fail(subjects.RPC_INFER_MANY, payload, MANY_TIMEOUT_S)
     except InferError as exc:
-        return _failed(job, partial, exc)
+        return infer_failed(job, partial, exc)
     results = []
     for r in reply.get("results", []):
         index = int(r["index"])
@@ -170,22 +139,22 @@ def classify_many(job_id: str) -> ResponseReturnValue:
                 "predictions": [(p["label"], 100.0 * p["confidence"]) for p in r["predictions"]],
             }
         )
-    return _render(job, partial, reply=reply, results=results)
+    return infer_result(job, partial, reply=reply, results=results)
 
 
 @bp.post("/models/<job_id>/top_n")
 @page_login_required
 def top_n(job_id: str) -> ResponseReturnValue:
     """The N images each class is most confident about."""
-    job = _job_or_404(job_id)
+    job = model_or_404(job_id)
     partial = "models/_top_n.html"
     try:
         n = _count("top_n", 9, 1, 128)
-        payload: dict[str, Any] = {"job_id": job.id, "epoch": _epoch(), "n": n}
+        payload: dict[str, Any] = {"job_id": job.id, "epoch": form_epoch(), "n": n}
         thumbs = _source(payload)
-        reply = _ask(subjects.RPC_INFER_TOPN, payload, MANY_TIMEOUT_S)
+        reply = ask_or_fail(subjects.RPC_INFER_TOPN, payload, MANY_TIMEOUT_S)
     except InferError as exc:
-        return _failed(job, partial, exc)
+        return infer_failed(job, partial, exc)
     top = {
         label: [
             {
@@ -197,4 +166,4 @@ def top_n(job_id: str) -> ResponseReturnValue:
         ]
         for label, images in reply.get("top", {}).items()
     }
-    return _render(job, partial, reply=reply, top=top, n=n)
+    return infer_result(job, partial, reply=reply, top=top, n=n)

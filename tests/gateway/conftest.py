@@ -15,9 +15,9 @@ from digits import events, jobs
 from digits.config import Settings
 from digits.secrets import SecretBox
 from gateway.accounts import Accounts
-from gateway.app import bus_of, create_app
-from gateway.auth import accounts_of
+from gateway.app import create_app
 from gateway.busclient import BusClient
+from gateway.context import accounts_of, bus_of
 
 ADMIN_PASSWORD = "admin-secret-1"
 SECRET_KEY = SecretBox.generate_key()

@@ -7,8 +7,7 @@ import stat
 
 import pytest
 
-from gateway.app import bus_of
-from gateway.auth import accounts_of
+from gateway.context import accounts_of, bus_of
 from tests.gateway.conftest import ADMIN, ADMIN_PASSWORD, basic, bearer, make_app
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.app import bus_of
+from gateway.context import bus_of
 
 
 def test_healthz_answers_while_connected_without_login(client, app):

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from digits.config import Settings
-from gateway.app import bus_of, create_app
+from gateway.app import create_app
+from gateway.context import bus_of
 from tests.gateway.conftest import ADMIN_PASSWORD, SECRET_KEY, Browser
 from tests.integration.test_ingest import make_folder
 from tests.waiting import wait_for_sync

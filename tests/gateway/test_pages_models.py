@@ -307,7 +307,8 @@ def test_train_watch_classify_and_download_through_the_pages(
 
     from digits.config import Settings
     from digits.download_data import synthetic
-    from gateway.app import bus_of, create_app
+    from gateway.app import create_app
+    from gateway.context import bus_of
     from tests.gateway.conftest import ADMIN, ADMIN_PASSWORD, Browser
     from tests.waiting import wait_for_sync
 

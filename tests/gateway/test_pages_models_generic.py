@@ -86,10 +86,10 @@ def generic_model(bus_client, extension: str = "image-segmentation", **kw) -> jo
 
 def put_info(app, bus_client, job_id: str, task: str) -> None:
     """The model's info.json in the gateway's store, as the trainer writes it."""
-    from gateway.models_api import _store
+    from gateway.context import artifact_store
 
     with app.app_context():
-        store = _store()
+        store = artifact_store()
     body = json.dumps({"job_id": job_id, "task": task}).encode()
     bus_client.call(store.put(f"models/{job_id}/info.json", body))
 
@@ -195,7 +195,8 @@ def test_sunnybrook_model_page_renders_the_plugin_form_and_segments_a_dicom(
     from concurrent.futures import ThreadPoolExecutor
 
     from digits.config import Settings
-    from gateway.app import bus_of, create_app
+    from gateway.app import create_app
+    from gateway.context import bus_of
     from tests.gateway.conftest import ADMIN, ADMIN_PASSWORD, Browser
     from tests.pluginpkg import pip_install
     from tests.plugins.sunnybrook_data import make_sunnybrook

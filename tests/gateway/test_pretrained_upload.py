@@ -82,10 +82,10 @@ def dataset(bus_client, extension: str = "image-classification") -> jobs.Job:
 
 def stored_uploads(app, bus_client) -> list[str]:
     """The keys under uploads/pretrained/ in the gateway's artifact store."""
-    from gateway.models_api import _store
+    from gateway.context import artifact_store
 
     with app.app_context():
-        store = _store()
+        store = artifact_store()
     return bus_client.call(store.list("uploads/pretrained/"))
 
 
@@ -113,10 +113,10 @@ def test_an_uploaded_archive_is_stored_and_named_by_model_create(app, browser, b
     assert command.form["previous_network_snapshot"] == 2.0
     assert response.headers["Location"].endswith(command.job_id)
     assert stored_uploads(app, bus_client) == [key]
-    from gateway.models_api import _store
+    from gateway.context import artifact_store
 
     with app.app_context():
-        store = _store()
+        store = artifact_store()
     assert bus_client.call(store.get(key)) == data, "the archive as uploaded"
 
 
@@ -241,7 +241,8 @@ def test_fine_tune_from_an_uploaded_download_of_a_trained_lenet(
 
     from digits.config import Settings
     from digits.download_data import synthetic
-    from gateway.app import bus_of, create_app
+    from gateway.app import create_app
+    from gateway.context import bus_of
     from tests.gateway.conftest import ADMIN_PASSWORD, Browser
     from tests.waiting import wait_for_sync
 

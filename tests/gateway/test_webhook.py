@@ -6,7 +6,7 @@ import json
 
 from digits import subjects
 from digits.notifications import parse_notification
-from gateway.app import bus_of
+from gateway.context import bus_of
 from tests.gateway.conftest import WEBHOOK_TOKEN, bearer, make_app, stored
 
 URL = "/api/v1/s3/events"

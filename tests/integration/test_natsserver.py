@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from digits.inference import MAX_IMAGE_BYTES
 from digits.natsserver import MAX_PAYLOAD
-from view_service.classify import MAX_IMAGE_BYTES
 
 
 async def test_a_request_with_the_largest_image_fits(nc):

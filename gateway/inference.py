@@ -1,0 +1,62 @@
+"""Asking the view service over NATS request/reply: what the JSON routes and the pages share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import nats.errors
+from flask import abort
+
+from digits.jobs import JobNotFound
+from gateway import context
+from gateway.forms import FormErrors
+
+ONE_TIMEOUT_S = 60.0
+MANY_TIMEOUT_S = 300.0
+
+
+def model_id(form: dict[str, Any]) -> str:
+    """The form's ``job_id``, a model job's (a 404 otherwise)."""
+    job_id = str(form.get("job_id") or "").strip()
+    if not job_id:
+        raise FormErrors({"job_id": ["job_id is required (the model job's id)"]})
+    bus_client = context.bus_client()
+    assert bus_client.jobs is not None
+    try:
+        job = bus_client.call(bus_client.jobs.get(job_id))
+    except JobNotFound:
+        job = None
+    if job is None or job.type != "model":
+        abort(404, description=f"no model with id {job_id!r}")
+    return job_id
+
+
+def snapshot_epoch(form: dict[str, Any]) -> float:
+    """The form's ``snapshot_epoch`` (-1, the latest, when empty)."""
+    text = str(form.get("snapshot_epoch") or "").strip()
+    if not text:
+        return -1.0
+    try:
+        return float(text)
+    except ValueError:
+        raise FormErrors({"snapshot_epoch": [f"snapshot_epoch {text!r} is not a number"]}) from None
+
+
+def ask_view(subject: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Ask the view service; its error becomes a 400, no responder a 503."""
+    bus_client = context.bus_client()
+    nc = bus_client.nc
+    if nc is None or not nc.is_connected:
+        abort(503, description="not connected to NATS")
+    data = msgspec.msgpack.encode(payload)
+    try:
+        msg = bus_client.call(nc.request(subject, data, timeout=timeout), timeout=timeout + 5)
+    except nats.errors.NoRespondersError:
+        abort(503, description="no view service is running to answer inference requests")
+    except (TimeoutError, nats.errors.TimeoutError):
+        abort(504, description=f"the view service did not answer within {timeout:g}s")
+    reply = msgspec.msgpack.decode(msg.data)
+    if not reply.get("ok", False):
+        abort(400, description=str(reply.get("error") or "inference failed"))
+    return reply
