@@ -28,6 +28,10 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     occurred_at: float = msgspec.field(default_factory=time.time)
 
 
+CLASSIFICATION = "image-classification"  # the built-in data extension: the default of the commands
+GENERIC = "image-generic"  # the model.create extension of generic models
+
+
 # --- commands (DIGITS_CMD) -------------------------------------------------------------------
 
 
@@ -35,7 +39,7 @@ class DatasetCreate(Event, frozen=True, kw_only=True, tag="dataset.create"):
     """Create a dataset job with a data extension and its validated form."""
 
     name: str
-    extension: str = "image-classification"
+    extension: str = CLASSIFICATION
     form: dict[str, Any] = msgspec.field(default_factory=dict)
     group: str = ""
     owner: str = ""
@@ -47,7 +51,7 @@ class ModelCreate(Event, frozen=True, kw_only=True, tag="model.create"):
 
     name: str
     dataset_id: str
-    extension: str = "image-classification"
+    extension: str = CLASSIFICATION
     form: dict[str, Any] = msgspec.field(default_factory=dict)
     group: str = ""
     owner: str = ""

@@ -293,16 +293,24 @@ async def serve(name: str, setup: Setup, settings: Settings | None = None) -> No
     log.info("%s: stopped", name)
 
 
-def main(name: str, setup: Setup) -> int:
-    """Entry point of ``python -m <service>``: configure logging, run, exit 0 on a clean stop."""
+def configure(name: str) -> Settings | None:
+    """Settings from the environment and logging for service ``name``; None (said) when invalid."""
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"{name}: configuration error: {exc}", flush=True)
-        return 2
+        return None
     logging.basicConfig(
         level=settings.log_level,
         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
     )
+    return settings
+
+
+def main(name: str, setup: Setup) -> int:
+    """Entry point of ``python -m <service>``: configure logging, run, exit 0 on a clean stop."""
+    settings = configure(name)
+    if settings is None:
+        return 2
     asyncio.run(serve(name, setup, settings))
     return 0

@@ -11,21 +11,17 @@ import time
 
 from waitress.server import create_server
 
-from digits.config import ConfigError, Settings
+from digits.config import Settings
+from digits.service import configure
 from gateway.app import create_app
 from gateway.context import bus_of
 
 
 def main() -> int:
     """Run the gateway; exit 0 on a clean stop."""
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"gateway: configuration error: {exc}", flush=True)
+    settings = configure("gateway")
+    if settings is None:
         return 2
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s gateway %(levelname)s %(name)s: %(message)s"
-    )
     host = os.environ.get("DIGITS_GATEWAY_HOST", "127.0.0.1")
     port = int(os.environ.get("DIGITS_PORT", "5000"))
     app = create_app({"SETTINGS": settings})

@@ -29,7 +29,7 @@ from digits.models.options import TrainOptions
 from gateway import context
 from gateway.forms import FormErrors, model_form
 
-CLASSIFICATION = "image-classification"
+CLASSIFICATION = events.CLASSIFICATION
 AUG_NUMBERS = ("aug_rot", "aug_scale", "aug_noise", "aug_hsv_h", "aug_hsv_s", "aug_hsv_v")
 # Fields that only mean something for one network method: dropped for the others.
 METHOD_FIELDS = {

@@ -6,18 +6,18 @@ import io
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import numpy as np
+from nats.js import JetStreamContext
 
 from digits import bus, events, jobs
 from digits.dataset import Manifest, MeanAccumulator, ShardInfo, StageInfo, mean_png_bytes
-from digits.jobs import Job
+from digits.jobs import Job, JobStore
+from digits.store import Store
 from ingest_service.encode import ChunkResult
-
-if TYPE_CHECKING:
-    from ingest_service.pipeline import Pipeline
+from ingest_service.layout import dataset_key, shard_name, stage_title
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,6 @@ def merged_mean_bytes(results: list[ChunkResult]) -> bytes:
 
 def record_shard(work: events.IngestShard, stats: dict[str, Any]) -> Callable[[Job], Job | None]:
     """A CAS mutation that records a finished shard once and advances its stage."""
-    from ingest_service.pipeline import stage_title
 
     def mutate(job: Job) -> Job | None:
         if job.extra.get("version", 1) != work.version:
@@ -103,11 +102,10 @@ def finalized(job: Job) -> bool:
     return job.extra.get("finalized") == job.extra.get("version", 1)
 
 
-async def finalize(pipeline: Pipeline, work: events.IngestFinalize) -> None:
+async def finalize(
+    js: JetStreamContext, job_store: JobStore, store: Store, work: events.IngestFinalize
+) -> None:
     """Merge shard stats and means into the manifest (and the previous version's), announce it."""
-    from ingest_service.pipeline import dataset_key, shard_name
-
-    store, job_store = pipeline.store, pipeline.jobs
     try:
         job = await job_store.get(work.job_id)
     except jobs.JobNotFound:
@@ -208,5 +206,5 @@ async def finalize(pipeline: Pipeline, work: events.IngestFinalize) -> None:
             job_id=job.id, manifest_url=url, version=work.version, added=added, counts=counts
         )
     msg_id = f"{events.tag_of(type(fact))}:{job.id}/v{work.version}"
-    await bus.publish(pipeline.js, events.subject_for(fact), events.encode(fact), msg_id=msg_id)
+    await bus.publish(js, events.subject_for(fact), events.encode(fact), msg_id=msg_id)
     await store.delete_prefix(dataset_key(job.id, "work", f"v{work.version}") + "/")

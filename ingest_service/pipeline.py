@@ -26,17 +26,20 @@ from digits.secrets import SECRET_FIELDS, SecretError, SecretStore, open_form, s
 from digits.store import Store
 from digits.utils.constants import COLOR_PALETTE_ATTRIBUTE, TEST_DB, TRAIN_DB, VAL_DB
 from ingest_service import finalize
+from ingest_service.layout import (
+    dataset_key,
+    entries_key,
+    object_claim,
+    parse_title,
+    shard_name,
+    stage_title,
+    watch_config,
+)
 from ingest_service.shards import ShardEncoder
-from ingest_service.watch import object_claim, watch_config
 
 log = logging.getLogger(__name__)
 
 STAGES = (TRAIN_DB, VAL_DB, TEST_DB)
-STAGE_TITLES = {
-    TRAIN_DB: "Create DB (train)",
-    VAL_DB: "Create DB (val)",
-    TEST_DB: "Create DB (test)",
-}
 PERMANENT_S3_ERRORS = frozenset(
     {
         "NoSuchBucket",
@@ -47,32 +50,6 @@ PERMANENT_S3_ERRORS = frozenset(
         "NoCredentialsError",
     }
 )
-
-
-def parse_title(extension: str) -> str:
-    """The first stage's name, as DIGITS showed it."""
-    return "Parse Folder (train/val)" if extension == "image-classification" else "Parse entries"
-
-
-def dataset_key(job_id: str, *parts: str) -> str:
-    """A key under the dataset's folder in the artifact store."""
-    return "/".join(("datasets", job_id, *parts))
-
-
-def shard_name(shard: int, version: int = 1) -> str:
-    """File stem of a shard (versions after the first get their own names)."""
-    return f"shard-{shard:05d}" if version == 1 else f"v{version:03d}-shard-{shard:05d}"
-
-
-def stage_title(stage: str, version: int = 1) -> str:
-    """A Create DB stage's name, as DIGITS showed it; later versions say which."""
-    title = STAGE_TITLES[stage]
-    return title if version == 1 else f"{title[:-1]}, v{version})"
-
-
-def entries_key(job_id: str, stage: str, shard: int, version: int = 1) -> str:
-    """Where the coordinator keeps a shard's entries for the shard worker."""
-    return dataset_key(job_id, "work", f"v{version}", stage, f"{shard_name(shard)}.msgpack")
 
 
 class Pipeline:
@@ -261,7 +238,7 @@ class Pipeline:
             if isinstance(work, events.IngestShard):
                 await self.on_shard(work)
             else:
-                await finalize.finalize(self, work)
+                await finalize.finalize(self.js, self.jobs, self.store, work)
         except Exception as exc:
             # Wrong credentials or a vanished bucket will not heal; nor will the last retry.
             permanent = isinstance(exc, S3Error) and exc.code in PERMANENT_S3_ERRORS
@@ -412,4 +389,4 @@ async def fetch_s3_entries(
 
 
 def _default_encoding(extension_id: str) -> str:
-    return "png" if extension_id == "image-classification" else "none"
+    return "png" if extension_id == events.CLASSIFICATION else "none"

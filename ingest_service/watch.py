@@ -8,7 +8,7 @@ import logging
 import math
 import posixpath
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import nats.js.errors
@@ -20,21 +20,10 @@ from digits.notifications import NotificationError, ObjectCreated, parse_notific
 from digits.service import periodically
 from digits.utils.image import SUPPORTED_EXTENSIONS
 from ingest_service.finalize import finalized
-
-if TYPE_CHECKING:
-    from ingest_service.pipeline import Pipeline
+from ingest_service.layout import event_claim, object_claim, stage_title
+from ingest_service.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
-
-
-def object_claim(bucket: str, key: str) -> str:
-    """The idempotency claim of an object listed when the dataset was created."""
-    return "s3obj." + hashlib.sha1(f"{bucket}/{key}".encode()).hexdigest()
-
-
-def event_claim(bucket: str, key: str, etag: str) -> str:
-    """The idempotency claim of one version (etag) of an object announced by a notification."""
-    return "s3evt." + hashlib.sha1(f"{bucket}/{key}@{etag}".encode()).hexdigest()
 
 
 def split_stage(url: str, pct_val: int, pct_test: int) -> str:
@@ -45,24 +34,6 @@ def split_stage(url: str, pct_val: int, pct_test: int) -> str:
     if bucket < pct_val + pct_test:
         return "test_db"
     return "train_db"
-
-
-def watch_config(form: dict[str, Any]) -> dict[str, Any] | None:
-    """What a dataset watches (bucket, prefix, split), if its form asks for it."""
-    if form.get("method") != "s3" or str(form.get("s3_watch", "")).lower() not in (
-        "1",
-        "true",
-        "yes",
-        "on",
-    ):
-        return None
-    prefix = str(form.get("s3_path") or "").strip("/")
-    return {
-        "bucket": str(form.get("s3_bucket") or ""),
-        "prefix": f"{prefix}/" if prefix else "",
-        "pct_val": int(form.get("s3_pct_val") or 0),
-        "pct_test": int(form.get("s3_pct_test") or 0),
-    }
 
 
 class Watcher:
@@ -168,7 +139,10 @@ class Watcher:
             stages = [*j.stages]
             stages += [
                 Stage(
-                    name=_title(s, version), status=jobs.RUNNING, total=p["count"], started_at=now
+                    name=stage_title(s, version),
+                    status=jobs.RUNNING,
+                    total=p["count"],
+                    started_at=now,
                 )
                 for s, p in plan.items()
             ]
@@ -218,12 +192,6 @@ class Watcher:
             for j in await self.pipeline.jobs.list()
             if j.extra.get("watch") and j.status not in (jobs.ABORTED, jobs.ERROR)
         ]
-
-
-def _title(stage: str, version: int) -> str:
-    from ingest_service.pipeline import stage_title
-
-    return stage_title(stage, version)
 
 
 async def _claimed(idem: Any, claim: str) -> bool:

@@ -14,9 +14,11 @@ from typing import Any, Protocol
 
 import keras
 
+from digits.models.layout import SAVED_MODEL
+
 log = logging.getLogger(__name__)
 
-FOLDER = "saved_model"  # under models/<job>/ in the store, and in the download archive
+FOLDER = SAVED_MODEL.rstrip("/")  # under models/<job>/ in the store, and in the download archive
 
 
 class Sink(Protocol):

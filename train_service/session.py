@@ -13,22 +13,44 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import keras
 
 from digits import events
 from digits.jobs import Job
+from digits.models.layout import INFO, LABELS, NETWORK, snapshot_name
 from digits.models.options import TrainOptions
 from train_service.devices import Plan
 from train_service.tasks import CLASSIFICATION_SCALE
 
-if TYPE_CHECKING:
-    from train_service.trainer import Bridge
-
 log = logging.getLogger(__name__)
 
 SCALE = CLASSIFICATION_SCALE  # classification pixels (after the mean) are scaled to about -1..1
+
+
+class SessionBridge(Protocol):
+    """What the training thread may do on the event loop: ``train_service.trainer.Bridge``."""
+
+    def publish(self, event: events.Event) -> None:
+        """Publish without waiting; a bus outage never stops training."""
+        ...
+
+    def put_file(self, key: str, path: Path) -> str:
+        """Store a file under the model's folder; its URL."""
+        ...
+
+    def get_file(self, key: str, path: Path) -> bool:
+        """Fetch a file of the model's folder, if it exists."""
+        ...
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Store bytes under the model's folder."""
+        ...
+
+    def record(self, **extra: Any) -> None:
+        """Merge fields into the job record's extra; failures are logged, not raised."""
+        ...
 
 
 @dataclass
@@ -61,7 +83,7 @@ class TrainSession:
         job: Job,
         options: TrainOptions,
         manifest_url: str,
-        bridge: Bridge,
+        bridge: SessionBridge,
         stop: threading.Event,
         cache_dir: Path,
         previous: Path | None = None,
@@ -237,9 +259,9 @@ class TrainSession:
                 "snapshot": self.previous.name if self.previous else None,
                 "replaced_head": self.replaced_head,
             }
-        self.bridge.put_bytes("info.json", json.dumps(info, indent=2).encode())
-        self.bridge.put_bytes("network.json", model.to_json().encode())
-        self.bridge.put_bytes("labels.txt", "\n".join(dataset.labels).encode())
+        self.bridge.put_bytes(INFO, json.dumps(info, indent=2).encode())
+        self.bridge.put_bytes(NETWORK, model.to_json().encode())
+        self.bridge.put_bytes(LABELS, "\n".join(dataset.labels).encode())
 
 
 class Reporter(keras.callbacks.Callback):
@@ -336,7 +358,7 @@ class Reporter(keras.callbacks.Callback):
 
     def snapshot(self, epoch: float) -> None:
         """Store the model at ``epoch`` and announce it."""
-        name = f"epoch-{epoch:g}.keras"
+        name = snapshot_name(epoch)
         path = self.tmp / name
         self.model.save(path)
         url = self.session.bridge.put_file(f"snapshots/{name}", path)

@@ -13,14 +13,16 @@ from typing import Any
 
 import numpy as np
 
+from digits import events
 from digits.dataset import Dataset, Label, sample_label
+from digits.models.layout import DEFAULT_SCALE
 
 TASKS = ("classification", "segmentation", "regression")
-CLASSIFICATION_EXTENSION = "image-classification"
-GENERIC_EXTENSION = "image-generic"  # the model.create extension of generic models
+CLASSIFICATION_EXTENSION = events.CLASSIFICATION
+GENERIC_EXTENSION = events.GENERIC
 DEFAULT_NETWORKS = {"classification": "lenet", "segmentation": "fcn", "regression": "regression"}
 MAX_SCANNED = 1000  # labels read to count the classes of a segmentation set without labels
-CLASSIFICATION_SCALE = 1.0 / 255.0
+CLASSIFICATION_SCALE = DEFAULT_SCALE  # what inference assumes of a model without info.json too
 
 
 @dataclass(frozen=True)

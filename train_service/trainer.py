@@ -20,6 +20,7 @@ from digits import bus, events, jobs
 from digits.config import Settings
 from digits.jobs import Job, JobNotFound, JobStore
 from digits.models import archive
+from digits.models.layout import snapshot_name
 from digits.models.options import TrainOptions
 from digits.store import Store
 from train_service import devices
@@ -121,9 +122,7 @@ class Trainer:
         epoch = options.previous_epoch if options.previous_epoch is not None else snapshots[-1]
         if epoch not in snapshots:
             raise ValueError(f"model {previous.id} has no snapshot at epoch {epoch:g}")
-        path = Path(
-            self.settings.data_dir, "cache", "models", previous.id, f"epoch-{epoch:g}.keras"
-        )
+        path = Path(self.settings.data_dir, "cache", "models", previous.id, snapshot_name(epoch))
         path.parent.mkdir(parents=True, exist_ok=True)
         await self.store.get_file(model_key(previous.id, "snapshots", path.name), path)
         return path
@@ -173,7 +172,10 @@ class Trainer:
 
 
 class Bridge:
-    """What the training thread may do on the event loop: publish, store, record."""
+    """What the training thread may do on the event loop: publish, store, record.
+
+    It is the ``session.SessionBridge`` that a ``TrainSession`` is given.
+    """
 
     def __init__(self, trainer: Trainer, job_id: str, loop: asyncio.AbstractEventLoop) -> None:
         self.trainer = trainer

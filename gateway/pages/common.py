@@ -15,6 +15,7 @@ from flask import abort, current_app, g, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
+from digits import events
 from digits.jobs import Job
 from gateway.accounts import User
 from gateway.inference import ask_view
@@ -58,7 +59,7 @@ def dataset_menu() -> list[tuple[str, list[tuple[str, str]]]]:
             continue
         url = (
             "/datasets/images/classification/new"
-            if ext_id == "image-classification"
+            if ext_id == events.CLASSIFICATION
             else f"/datasets/generic/new/{ext_id}"
         )
         menu.setdefault(cls.get_category(), []).append((cls.get_title(), url))

@@ -44,7 +44,7 @@ from gateway.runtime import is_htmx, publish
 from gateway.runtime import sealed as _sealed
 
 bp = Blueprint("datasets", __name__)
-CLASSIFICATION = "image-classification"
+CLASSIFICATION = events.CLASSIFICATION
 
 
 def _done(job_id: str) -> ResponseReturnValue:

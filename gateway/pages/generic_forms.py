@@ -13,6 +13,7 @@ from typing import Any
 from flask import current_app, render_template_string
 from markupsafe import Markup
 
+from digits import events
 from digits.extensions import data as data_extensions
 from digits.extensions import view as view_extensions
 from digits.inference import DEFAULT_VIEWS, MAX_INPUTS, RAW_VIEW
@@ -21,7 +22,7 @@ from digits.models.layout import INFO, model_key
 from digits.store import StoreError
 from gateway.context import artifact_store, bus_client, job_store
 
-CLASSIFICATION = "image-classification"
+CLASSIFICATION = events.CLASSIFICATION
 
 
 def is_generic(job: Job, dataset: Job | None) -> bool:
