@@ -7,16 +7,10 @@ stdout, one JSON object with the figures.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
-import json
-import logging
-import os
-import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -29,19 +23,29 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from digits import bus, subjects
-from digits.config import Settings
 from digits.metrics import Metrics
-from digits.natsserver import NatsServer
 from digits.subjects import ConsumerSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script too
-from bench.common import percentile, ratio, say  # noqa: E402
+from bench.common import (  # noqa: E402
+    Stack,
+    Timer,
+    arguments,
+    finish,
+    machine,
+    ratios,
+    say,
+    show,
+    start,
+    summary,
+)
 
 PAD = b"x" * 120  # a small work item: send time (8 bytes) plus padding
 FETCH_TIMEOUT = 1.0  # the Worker's default; the baseline uses the same
 LATENCY_GAP_S = 0.002  # pause between latency samples so the queue is empty
 LATENCY_WARMUP = 20
 DONE_TIMEOUT_S = 120.0
+WORKER_KEYS = ("1_worker", "2_workers")  # the figures of 1 and 2 consumers
 
 # The real work-queue stream and a real work consumer, renamed per measurement.
 _WORK_STREAM = next(s for s in subjects.STREAMS if s.name == subjects.STREAM_WORK)
@@ -79,26 +83,15 @@ class Counter:
 class Bench:
     """One nats-server and the measurements run against it."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.settings = Settings(nats_urls=(url,))
+    def __init__(self, stack: Stack, nc: NATS) -> None:
+        self.url = stack.url
+        self.settings = stack.settings
         self.serial = 0
-        self.nc: NATS | None = None
-        self.js: JetStreamContext | None = None
-
-    async def open(self) -> None:
-        """Connect the admin/publisher connection."""
-        self.nc = await bus.connect(self.settings, "bench-admin")
-        self.js = self.nc.jetstream()
-
-    async def close(self) -> None:
-        """Close the admin connection."""
-        if self.nc is not None:
-            await self.nc.close()
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
 
     async def fresh(self, label: str) -> tuple[ConsumerSpec, str]:
         """A new work-queue stream and consumer spec for one measurement, and its subject."""
-        assert self.js is not None
         self.serial += 1
         tag = f"{label}{self.serial}"
         subject = f"bench.{tag}.item"
@@ -113,12 +106,10 @@ class Bench:
 
     async def drop(self, spec: ConsumerSpec) -> None:
         """Delete a measurement's stream."""
-        assert self.js is not None
         await self.js.delete_stream(spec.stream)
 
     async def wait_empty(self, stream: str, timeout: float = 5.0) -> int:
         """Wait until a work-queue stream holds no message (all acked); return what is left."""
-        assert self.js is not None
         deadline = time.monotonic() + timeout
         while True:
             left = (await self.js.stream_info(stream)).state.messages
@@ -128,10 +119,9 @@ class Bench:
 
     async def prepublish(self, subject: str, count: int, framework: bool) -> float:
         """Publish ``count`` items (framework publish or bare js.publish); return msgs/s."""
-        assert self.js is not None
         js = self.js
         chunk = 256
-        started = time.perf_counter()
+        timer = Timer()
         for lo in range(0, count, chunk):
             hi = min(lo + chunk, count)
             if framework:
@@ -141,7 +131,7 @@ class Bench:
             else:
                 aws = [js.publish(subject, PAD) for _ in range(lo, hi)]
             await asyncio.gather(*aws)
-        return count / (time.perf_counter() - started)
+        return count / timer.seconds
 
     # --- consumers ---------------------------------------------------------------------------
 
@@ -149,7 +139,6 @@ class Bench:
         self, spec: ConsumerSpec, handler: Handler, n: int, batch: int, framework: bool
     ) -> tuple[list[NATS], list[asyncio.Task[None]], asyncio.Event, list[Metrics]]:
         """Start ``n`` consumers on the durable, each on its own connection."""
-        assert self.js is not None
         stop = asyncio.Event()
         conns: list[NATS] = []
         tasks: list[asyncio.Task[None]] = []
@@ -199,7 +188,6 @@ class Bench:
 
     async def latency(self, samples: int, framework: bool) -> dict[str, float]:
         """Publish-to-handler latency (ms) with one consumer, batch=1, one message at a time."""
-        assert self.js is not None
         spec, subject = await self.fresh("lat" + ("f" if framework else "b"))
         got = asyncio.Event()
         lat_ns: list[int] = []
@@ -226,12 +214,7 @@ class Bench:
         if left:
             say(f"  warning: {left} latency messages not acked")
         ms = [v / 1e6 for v in lat_ns[LATENCY_WARMUP:]]
-        return {
-            "p50": round(percentile(ms, 50), 4),
-            "p99": round(percentile(ms, 99), 4),
-            "mean": round(statistics.fmean(ms), 4),
-            "max": round(max(ms), 4),
-        }
+        return summary(ms, "p50", "p99", "mean", "max", digits=4)
 
     async def throughput(
         self, messages: int, workers: int, batch: int, framework: bool
@@ -240,7 +223,6 @@ class Bench:
         side = "f" if framework else "b"
         spec, subject = await self.fresh(f"tp{side}{workers}w{batch}b")
         pub_rate = await self.prepublish(subject, messages, framework)
-        assert self.js is not None
         queued = (await self.js.stream_info(spec.stream)).state.messages
         if queued != messages:
             say(f"  warning: stream holds {queued} of {messages} published items")
@@ -284,29 +266,37 @@ async def baseline_loop(sub: Any, handler: Handler, batch: int, stop: asyncio.Ev
         await sub.unsubscribe()
 
 
+def throughput_key(batch: int) -> tuple[str, str]:
+    """The figures' key of a fetch batch size, and the suffix of its ratios' names."""
+    suffix = "" if batch == 1 else f"_batch{batch}"
+    return f"throughput_msgs_s{suffix}", suffix
+
+
+def compared(side: dict[str, Any], batches: list[int]) -> dict[str, float]:
+    """One side's figures that are compared, by the name of their ratio."""
+    figures = {f"latency_{p}": side["latency_ms"][p] for p in ("p50", "p99")}
+    for batch in batches:
+        key, suffix = throughput_key(batch)
+        figures.update({f"throughput_{w}{suffix}": side[key][w] for w in WORKER_KEYS})
+    figures["prepublish"] = side["prepublish_msgs_s"]
+    return figures
+
+
 async def run(messages: int, samples: int, batches: list[int], repeats: int) -> dict[str, Any]:
     """Start a server, run every measurement for both sides, return the figures."""
     results: dict[str, dict[str, Any]] = {"framework": {}, "baseline": {}}
-    with tempfile.TemporaryDirectory(prefix="digits-bench-bus-") as tmp:
-        server = NatsServer(Path(tmp) / "store").start()
-        bench = Bench(server.url)
-        try:
-            await bench.open()
-            assert bench.nc is not None
-            version = bench.nc.connected_server_version
-            server_version = f"{version.major}.{version.minor}.{version.patch}"
+    with Stack("digits-bench-bus-") as stack:
+        stack.start_server()
+        async with stack.client("bench-admin") as nc:
+            bench = Bench(stack, nc)
             for name, fw in (("framework", True), ("baseline", False)):
                 lat = await bench.latency(samples, fw)
                 results[name]["latency_ms"] = lat
-                say(
-                    f"{name:9s} latency  p50 {lat['p50']:.3f} ms  p99 {lat['p99']:.3f} ms  "
-                    f"(mean {lat['mean']:.3f}, max {lat['max']:.3f}, {samples} samples)"
-                )
+                say(show(f"{name} latency", lat) + f"  ({samples} samples)")
             pubs: dict[str, list[float]] = {"framework": [], "baseline": []}
             for batch in batches:
-                key = "throughput_msgs_s" if batch == 1 else f"throughput_msgs_s_batch{batch}"
-                for workers in (1, 2):
-                    wkey = "1_worker" if workers == 1 else "2_workers"
+                key, _ = throughput_key(batch)
+                for workers, wkey in enumerate(WORKER_KEYS, 1):
                     rates: dict[str, list[float]] = {"framework": [], "baseline": []}
                     for _ in range(repeats):
                         # Interleave the two sides so drift affects both alike.
@@ -325,20 +315,7 @@ async def run(messages: int, samples: int, batches: list[int], repeats: int) -> 
                         )
             for name, values in pubs.items():
                 results[name]["prepublish_msgs_s"] = round(statistics.median(values), 1)
-        finally:
-            await bench.close()
-            server.stop()
     fw, bl = results["framework"], results["baseline"]
-    ratios: dict[str, float] = {
-        "latency_p50": ratio(fw["latency_ms"]["p50"], bl["latency_ms"]["p50"]),
-        "latency_p99": ratio(fw["latency_ms"]["p99"], bl["latency_ms"]["p99"]),
-    }
-    for batch in batches:
-        key = "throughput_msgs_s" if batch == 1 else f"throughput_msgs_s_batch{batch}"
-        suffix = "" if batch == 1 else f"_batch{batch}"
-        for wkey in ("1_worker", "2_workers"):
-            ratios[f"throughput_{wkey}{suffix}"] = ratio(fw[key][wkey], bl[key][wkey])
-    ratios["prepublish"] = ratio(fw["prepublish_msgs_s"], bl["prepublish_msgs_s"])
     return {
         "bench": "bus",
         "messages": messages,
@@ -347,31 +324,16 @@ async def run(messages: int, samples: int, batches: list[int], repeats: int) -> 
         "repeats": repeats,
         "framework": fw,
         "baseline": bl,
-        "ratio": ratios,
-        "machine": {
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "nats_py": _nats_py_version(),
-            "nats_server": server_version,
-        },
+        "ratio": ratios(compared(fw, batches), compared(bl, batches)),
+        "machine": machine("nats-py", cpu_model=False, nats_server=stack.server_version),
     }
-
-
-def _nats_py_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("nats-py")
-    except Exception:  # noqa: BLE001 - informative only
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the benchmark, print the JSON line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__, "fewer messages, under ~30 s")
     parser.add_argument("--messages", type=int, default=None, help="items per throughput run")
     parser.add_argument("--samples", type=int, default=None, help="latency samples per side")
-    parser.add_argument("--quick", action="store_true", help="fewer messages, under ~30 s")
     parser.add_argument("--no-batch16", action="store_true", help="only batch=1")
     parser.add_argument(
         "--repeats", type=int, default=None, help="throughput runs per figure (median kept)"
@@ -383,13 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     if messages < 2 or samples < 2 or repeats < 1:
         parser.error("--messages and --samples must be at least 2, --repeats at least 1")
     batches = [1] if args.no_batch16 else [1, 16]
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    started = time.perf_counter()
-    result = asyncio.run(run(messages, samples, batches, repeats))
-    result["elapsed_s"] = round(time.perf_counter() - started, 1)
-    say(f"done in {result['elapsed_s']} s")
-    print(json.dumps(result), flush=True)
-    return 0
+    timer = start()
+    return finish(asyncio.run(run(messages, samples, batches, repeats)), timer)
 
 
 if __name__ == "__main__":

@@ -12,16 +12,12 @@ Readable lines go to stderr; the last line on stdout is one JSON object with the
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import logging
 import multiprocessing
 import os
 import platform
-import re
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -36,12 +32,12 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 from bench import gateway_live  # noqa: E402
-from bench.common import percentile, say  # noqa: E402
+from bench.common import Stack, Timer, arguments, finish, ratio, say, start, summary  # noqa: E402
 from digits import jobs  # noqa: E402
 from digits.config import Settings  # noqa: E402
-from digits.natsserver import NatsServer, free_port  # noqa: E402
+from digits.natsserver import free_port  # noqa: E402
 
-PASSWORD = "bench-password-1"
+PASSWORD = gateway_live.PASSWORD
 Targets = list[tuple[str, str, dict[str, str]]]
 
 
@@ -78,10 +74,7 @@ def login(base: str) -> str:
     """Log in through the form; the session cookie header to send."""
     jar = CookieJar()
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
-    html = opener.open(f"{base}/login").read().decode()
-    token = re.search(r'name="csrf_token" value="([^"]+)"', html)
-    assert token, "no CSRF token on the login page"
-    form = {"username": "admin", "password": PASSWORD, "csrf_token": token.group(1)}
+    form = gateway_live.login_form(opener.open(f"{base}/login").read().decode())
     opener.open(f"{base}/login", urllib.parse.urlencode(form).encode()).read()
     return "; ".join(f"{c.name}={c.value}" for c in jar)
 
@@ -96,12 +89,12 @@ async def _drive(url: str, headers: dict[str, str], clients: int, seconds: float
     async def client(session: aiohttp.ClientSession) -> None:
         nonlocal errors
         while time.perf_counter() < deadline:
-            start = time.perf_counter()
+            timer = Timer()
             async with session.get(url, headers=headers, allow_redirects=False) as r:
                 await r.read()
                 if r.status != 200:
                     errors += 1
-            latencies.append(time.perf_counter() - start)
+            latencies.append(timer.ms)
 
     connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -123,13 +116,12 @@ def measure(url: str, headers: dict[str, str], clients: int, seconds: float) -> 
     proc.start()
     found = queue.get(timeout=seconds + 120)
     proc.join(30)
-    lat = sorted(found["latencies"])
+    ms = sorted(found["latencies"])
     return {
-        "requests": len(lat),
+        "requests": len(ms),
         "errors": found["errors"],
-        "rps": round(len(lat) / found["seconds"], 1),
-        "p50_ms": round(1000 * percentile(lat, 50), 1),
-        "p99_ms": round(1000 * percentile(lat, 99), 1),
+        "rps": round(len(ms) / found["seconds"], 1),
+        **summary(ms, "p50", "p99", digits=1, key="{}_ms"),
     }
 
 
@@ -137,54 +129,50 @@ def run(clients: int, count: int, seconds: float) -> dict[str, Any]:
     """Start everything, measure the baseline and the two pages, stop everything."""
     from waitress.server import create_server
 
-    from gateway.app import bus_of, create_app
+    from gateway.app import create_app
+    from gateway.context import bus_of
 
-    with tempfile.TemporaryDirectory(prefix="digits-bench-gw-") as tmp:
-        server = NatsServer(Path(tmp) / "js").start()
-        try:
-            env = {"DIGITS_NATS_URL": server.url, "DIGITS_DATA_DIR": str(Path(tmp) / "data")}
-            app = create_app({"SETTINGS": Settings.from_env(env), "ADMIN_PASSWORD": PASSWORD})
-            bus_client = bus_of(app)
-            running = populate(bus_client, count)
-            port = free_port()
-            http = create_server(app, host="127.0.0.1", port=port, threads=8)
-            thread = threading.Thread(target=http.run, daemon=True)
-            thread.start()
-            base = f"http://127.0.0.1:{port}"
-            cookie = {"Cookie": login(base)}
-            targets: Targets = [
-                ("baseline_healthz", "/healthz", {}),
-                ("home_page", "/", cookie),
-                ("status_partial", f"/datasets/{running}/status", {**cookie, "HX-Request": "true"}),
-            ]
-            result: dict[str, Any] = {}
-            for name, path, headers in targets:
-                result[name] = measure(base + path, headers, clients, seconds)
-                say(f"{name:18s} {result[name]}")
-            http.close()
-            bus_client.close()
-        finally:
-            server.stop()
+    with Stack("digits-bench-gw-") as stack:
+        stack.start_server()
+        settings = Settings.from_env(stack.env())
+        app = create_app({"SETTINGS": settings, "ADMIN_PASSWORD": PASSWORD})
+        bus_client = bus_of(app)
+        running = populate(bus_client, count)
+        port = free_port()
+        http = create_server(app, host="127.0.0.1", port=port, threads=8)
+        thread = threading.Thread(target=http.run, daemon=True)
+        thread.start()
+        base = f"http://127.0.0.1:{port}"
+        cookie = {"Cookie": login(base)}
+        targets: Targets = [
+            ("baseline_healthz", "/healthz", {}),
+            ("home_page", "/", cookie),
+            ("status_partial", f"/datasets/{running}/status", {**cookie, "HX-Request": "true"}),
+        ]
+        result: dict[str, Any] = {}
+        for name, path, headers in targets:
+            result[name] = measure(base + path, headers, clients, seconds)
+            say(f"{name:18s} {result[name]}")
+        http.close()
+        bus_client.close()
     base_rps = result["baseline_healthz"]["rps"] or 1.0
     for name in ("home_page", "status_partial"):
-        result[name]["rps_vs_baseline"] = round(result[name]["rps"] / base_rps, 3)
+        result[name]["rps_vs_baseline"] = ratio(result[name]["rps"], base_rps)
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the benchmark, print the JSON line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__, "2 s per route")
     parser.add_argument("--clients", type=int, default=50, help="concurrent clients")
     parser.add_argument("--jobs", type=int, default=100, help="job records in the store")
     parser.add_argument("--seconds", type=float, default=None, help="measured seconds per route")
-    parser.add_argument("--quick", action="store_true", help="2 s per route")
     args = parser.parse_args(argv)
     seconds = args.seconds or (2.0 if args.quick else 5.0)
     if args.clients < 1 or args.jobs < 10 or seconds <= 0:
         parser.error("--clients must be at least 1, --jobs at least 10, --seconds positive")
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    timer = start()
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # 50 clients queue by design
-    started = time.perf_counter()
     figures = run(args.clients, args.jobs, seconds)
     figures["progress_to_page"] = gateway_live.run(20 if args.quick else 60)
     result = {
@@ -196,11 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         **figures,
-        "elapsed_s": round(time.perf_counter() - started, 1),
     }
-    say(f"done in {result['elapsed_s']} s")
-    print(json.dumps(result), flush=True)
-    return 0
+    return finish(result, timer)
 
 
 if __name__ == "__main__":

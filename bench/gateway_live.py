@@ -10,14 +10,11 @@ stdout line is one JSON object with the figures.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
 import re
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,34 +22,36 @@ from typing import Any
 
 from digits import bus, events, jobs
 from digits.config import Settings
-from digits.natsserver import NatsServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script too
-from bench.common import say  # noqa: E402
+from bench.common import Stack, arguments, emit, say, start, summary  # noqa: E402
 
 PAGE_POLL_S = 0.5  # the model page's graph poll (gateway/templates/models/show.html)
 PASSWORD = "bench-password-1"
 
 
+def login_form(html: str) -> dict[str, str]:
+    """The admin's login form, with the CSRF token of the login page ``html``."""
+    token = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert token, "no CSRF token on the login page"
+    return {"username": "admin", "password": PASSWORD, "csrf_token": token.group(1)}
+
+
 def login(client: Any) -> None:
     """Log the test client in as admin through the login form."""
-    html = client.get("/login").get_data(as_text=True)
-    token = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-    form = {"username": "admin", "password": PASSWORD, "csrf_token": token}
+    form = login_form(client.get("/login").get_data(as_text=True))
     assert client.post("/login", data=form).status_code == 302
 
 
 def run(count: int, seed: int = 1) -> dict[str, Any]:
     """Publish ``count`` events while a page-like poller reads them; the delay figures."""
     os.environ["DIGITS_ADMIN_PASSWORD"] = PASSWORD
-    from gateway.app import bus_of, create_app
+    from gateway.app import create_app
+    from gateway.context import bus_of
 
-    with tempfile.TemporaryDirectory(prefix="digits-bench-live-") as tmp:
-        server = NatsServer(Path(tmp, "js")).start()
-        settings = Settings.from_env(
-            {"DIGITS_NATS_URL": server.url, "DIGITS_DATA_DIR": str(Path(tmp, "gw"))}
-        )
-        app = create_app({"SETTINGS": settings, "TESTING": True})
+    with Stack("digits-bench-live-") as stack:
+        stack.start_server()
+        app = create_app({"SETTINGS": Settings.from_env(stack.env()), "TESTING": True})
         client_bus = bus_of(app)
         try:
             job = jobs.Job(id=jobs.new_job_id(), type="model", name="bench", status=jobs.RUNNING)
@@ -97,7 +96,6 @@ def run(count: int, seed: int = 1) -> dict[str, Any]:
             poller.join(5)
         finally:
             client_bus.close()
-            server.stop()
     delays = [seen[s] - published[s] for s in published if s in seen]
     ms = sorted(1000 * d for d in delays)
     return {
@@ -105,10 +103,7 @@ def run(count: int, seed: int = 1) -> dict[str, Any]:
         "events": count,
         "delivered": len(delays),
         "page_poll_ms": PAGE_POLL_S * 1000,
-        "delay_ms_mean": round(statistics.mean(ms), 1),
-        "delay_ms_p50": round(statistics.median(ms), 1),
-        "delay_ms_p95": round(statistics.quantiles(ms, n=100, method="inclusive")[94], 1),
-        "delay_ms_max": round(ms[-1], 1),
+        **summary(ms, "mean", "p50", "p95", "max", digits=1, key="delay_ms_{}"),
         "progress_json_ms_mean": round(1000 * statistics.mean(fetch_s), 1),
         "delay_over_poll": round(statistics.mean(ms) / (PAGE_POLL_S * 1000), 2),
     }
@@ -116,17 +111,17 @@ def run(count: int, seed: int = 1) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__, "20 events")
     parser.add_argument("--events", type=int, default=60)
-    parser.add_argument("--quick", action="store_true", help="20 events")
     args = parser.parse_args(argv)
+    start()
     result = run(20 if args.quick else args.events)
     say(
         f"event -> page: mean {result['delay_ms_mean']} ms, p95 {result['delay_ms_p95']} ms,"
         f" max {result['delay_ms_max']} ms (page polls every {result['page_poll_ms']:g} ms;"
         f" progress.json answers in {result['progress_json_ms_mean']} ms)"
     )
-    print(json.dumps(result), flush=True)
+    emit(result)
     return 0 if result["delivered"] == result["events"] else 1
 
 

@@ -21,21 +21,14 @@ Readable lines go to stderr; the last line on stdout is one JSON object with the
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
 import json
-import logging
 import os
 import re
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,20 +40,29 @@ from nats.aio.client import Client as NATS
 from PIL import Image
 
 from digits import bus, jobs, subjects
-from digits.config import Settings
 from digits.dataset import Manifest, ShardInfo, ShardWriter, StageInfo, mean_npy_bytes, shard_key
 from digits.download_data.synthetic import label_names, make_images
 from digits.jobs import Job, JobStore
-from digits.natsserver import NatsServer, free_port
 from digits.store import FileStore
 from view_service import classify
 from view_service.models import Batcher, Deps, LoadedModel, ModelCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script too
-from bench.common import machine as machine_facts  # noqa: E402
-from bench.common import percentile, ratio, say  # noqa: E402
+from bench.common import (  # noqa: E402
+    Service,
+    Stack,
+    Timer,
+    arguments,
+    finish,
+    machine,
+    ratio,
+    say,
+    show,
+    start,
+    summary,
+    versus,
+)
 
-REPO = Path(__file__).resolve().parent.parent
 CLASSES = 10
 LABELS = label_names(CLASSES)
 SIDE = 28
@@ -75,23 +77,7 @@ MANY_BATCH = 64  # ClassifyMany's default batch_size
 BATCH_MAX, BATCH_DELAY_S = 32, 0.005  # the service's Batcher, as view_service/__main__.py builds it
 REQUEST_TIMEOUT_S = 30.0
 MANY_TIMEOUT_S = 300.0
-READY_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 30.0
 WARMUP = 20
-
-
-def summary(ms: list[float]) -> dict[str, float]:
-    """p50, p99 and mean of a list of milliseconds, rounded."""
-    return {
-        "p50": round(percentile(ms, 50), 3),
-        "p99": round(percentile(ms, 99), 3),
-        "mean": round(statistics.fmean(ms), 3),
-    }
-
-
-def show(name: str, s: dict[str, float]) -> str:
-    """One latency summary as text."""
-    return f"{name:24s} p50 {s['p50']:7.3f} ms  p99 {s['p99']:7.3f} ms  mean {s['mean']:7.3f} ms"
 
 
 def png(array: np.ndarray) -> bytes:
@@ -208,85 +194,16 @@ async def record_jobs(store: JobStore) -> None:
 # --- the service -----------------------------------------------------------------------------
 
 
-class Service:
-    """One ``python -m view_service`` child, its log file and its health port."""
-
-    def __init__(self, nats_url: str, world: World) -> None:
-        self.port = free_port()
-        self.log_path = world.root / "view_service.log"
-        env = {
-            **os.environ,
-            "DIGITS_NATS_URL": nats_url,
-            "DIGITS_STORE_URL": world.store.as_uri(),
-            "DIGITS_DATA_ROOTS": str(world.images.parent),
-            "DIGITS_DATA_DIR": str(world.root / "service"),
-            "DIGITS_HEALTH_PORT": str(self.port),
-            "PYTHONUNBUFFERED": "1",
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-        }
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "view_service"],
-                cwd=REPO,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def get(self, path: str) -> bytes | None:
-        """GET a path of the health server; None when it does not answer 200."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
-                return r.read() if r.status == 200 else None
-        except (urllib.error.URLError, OSError):
-            return None
-
-    def healthy(self) -> bool:
-        """Whether /healthz answers ok."""
-        body = self.get("/healthz")
-        return body is not None and json.loads(body).get("status") == "ok"
-
-    def handler_seconds(self, subject: str) -> tuple[float, float]:
-        """The service's own handler-latency histogram for ``subject``: (sum seconds, count)."""
-        text = (self.get("/metrics") or b"").decode()
-        found = {"sum": 0.0, "count": 0.0}
-        for kind in found:
-            pattern = rf'^digits_handler_seconds_{kind}\{{[^}}]*consumer="{re.escape(subject)}"'
-            for line in text.splitlines():
-                if re.match(pattern, line):
-                    found[kind] = float(line.rsplit(None, 1)[1])
-        return found["sum"], found["count"]
-
-    def log_tail(self, lines: int = 30) -> str:
-        """The last lines of the child's output."""
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    async def wait_healthy(self, timeout: float = READY_TIMEOUT_S) -> None:
-        """Wait until /healthz says ok; fail if the process exits first."""
-        deadline = time.monotonic() + timeout
-        while not await asyncio.to_thread(self.healthy):
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"view_service exited {self.proc.returncode}:\n{self.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"view_service not healthy after {timeout}s:\n{self.log_tail()}")
-            await asyncio.sleep(0.1)
-
-    def stop(self) -> int:
-        """SIGTERM and wait (SIGKILL after a while); the exit code."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            code = self.proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            say(f"  view_service pid {self.proc.pid} ignored SIGTERM; killing it")
-            self.proc.kill()
-            code = self.proc.wait(10)
-        if code not in (0, -signal.SIGTERM):
-            say(f"  view_service exited with {code}:\n{self.log_tail()}")
-        return code
+def handler_seconds(service: Service, subject: str) -> tuple[float, float]:
+    """The service's own handler-latency histogram for ``subject``: (sum seconds, count)."""
+    text = (service.get("/metrics") or b"").decode()
+    found = {"sum": 0.0, "count": 0.0}
+    for kind in found:
+        pattern = rf'^digits_handler_seconds_{kind}\{{[^}}]*consumer="{re.escape(subject)}"'
+        for line in text.splitlines():
+            if re.match(pattern, line):
+                found[kind] = float(line.rsplit(None, 1)[1])
+    return found["sum"], found["count"]
 
 
 # --- measurements ----------------------------------------------------------------------------
@@ -323,9 +240,9 @@ class Bench:
         """Sequential calls, one image each: milliseconds and answers."""
         ms, answers = [], []
         for image in images:
-            started = time.perf_counter()
+            timer = Timer()
             answers.append(await call(image))
-            ms.append((time.perf_counter() - started) * 1e3)
+            ms.append(timer.ms)
         return ms, answers
 
     async def single(self, images: list[bytes], rounds: int) -> dict[str, Any]:
@@ -365,7 +282,7 @@ class Bench:
         answers: dict[str, list[list[int]]] = {"service": [], "direct": []}
         for call in sides.values():  # warm every path
             await self.timed(images[:WARMUP], call)
-        metric_before = self.service.handler_seconds(subjects.RPC_INFER_CLASSIFY)
+        metric_before = handler_seconds(self.service, subjects.RPC_INFER_CLASSIFY)
         per = -(-len(images) // rounds)
         for lo in range(0, len(images), per):  # take turns, so drift hits every side alike
             chunk = images[lo : lo + per]
@@ -374,7 +291,7 @@ class Bench:
                 ms[name] += got_ms
                 if name in answers:
                     answers[name] += got
-        metric_after = self.service.handler_seconds(subjects.RPC_INFER_CLASSIFY)
+        metric_after = handler_seconds(self.service, subjects.RPC_INFER_CLASSIFY)
         agree = sum(
             a[0] == b[0] for a, b in zip(answers["service"], answers["direct"], strict=True)
         )
@@ -426,18 +343,18 @@ class Bench:
             while served < count:
                 image = images[served % len(images)]
                 served += 1
-                started = time.perf_counter()
+                timer = Timer()
                 await self.classify(image)
-                ms.append((time.perf_counter() - started) * 1e3)
+                ms.append(timer.ms)
 
-        started = time.perf_counter()
+        timer = Timer()
         await asyncio.gather(*(client() for _ in range(CLIENTS)))
-        return count / (time.perf_counter() - started), ms
+        return count / timer.seconds, ms
 
     def concurrent_direct(self, images: list[bytes], count: int) -> tuple[float, float]:
         """In-process batches of DIRECT_BATCH: images/s with preprocessing, and predict alone."""
         done, predict_s = 0, 0.0
-        started = time.perf_counter()
+        timer = Timer()
         while done < count:
             n = min(DIRECT_BATCH, count - done)
             chunk = [images[(done + i) % len(images)] for i in range(n)]
@@ -447,7 +364,7 @@ class Bench:
             predict_s += time.perf_counter() - t
             [top_k(p) for p in probs]
             done += n
-        return count / (time.perf_counter() - started), count / predict_s
+        return count / timer.seconds, count / predict_s
 
     async def concurrent(self, images: list[bytes], count: int, rounds: int) -> dict[str, Any]:
         """Concurrent single-image requests against in-process batches of 32."""
@@ -469,10 +386,8 @@ class Bench:
         return {
             "clients": CLIENTS,
             "requests": count,
-            "service_img_s": round(service, 1),
-            "direct_batch32_img_s": round(direct, 1),
+            **versus(service, direct, "service_img_s", "direct_batch32_img_s"),
             "direct_batch32_predict_only_img_s": round(statistics.median(rates["predict"]), 1),
-            "ratio": ratio(service, direct),
             "service_ms": summary(lat),
         }
 
@@ -486,19 +401,19 @@ class Bench:
             "top_k": TOP_K,
             "max_results": 0,
         }
-        started = time.perf_counter()
+        timer = Timer()
         reply = await self.request(subjects.RPC_INFER_MANY, req, MANY_TIMEOUT_S)
-        return reply["count"] / (time.perf_counter() - started), reply
+        return reply["count"] / timer.seconds, reply
 
     def many_direct(self, files: list[Path]) -> float:
         """The files in this process, MANY_BATCH at a time: read, preprocess, predict, top-k."""
-        started = time.perf_counter()
+        timer = Timer()
         for lo in range(0, len(files), MANY_BATCH):
             x = np.stack(
                 [self.model.preprocess(f.read_bytes()) for f in files[lo : lo + MANY_BATCH]]
             )
             [top_k(p) for p in self.model.predict(x)]
-        return len(files) / (time.perf_counter() - started)
+        return len(files) / timer.seconds
 
     async def many(self, world: World, rounds: int) -> dict[str, Any]:
         """ClassifyMany over a folder against the in-process loop, taking turns."""
@@ -521,9 +436,7 @@ class Bench:
         return {
             "images": len(world.files),
             "batch_size": MANY_BATCH,
-            "service_img_s": round(service, 1),
-            "direct_img_s": round(direct, 1),
-            "ratio": ratio(service, direct),
+            **versus(service, direct, "service_img_s", "direct_img_s"),
             "service_top1_accuracy": reply.get("top1_accuracy"),
         }
 
@@ -543,16 +456,10 @@ class Sizes:
 
 async def run(sizes: Sizes) -> dict[str, Any]:
     """Start everything, measure, stop everything, return the figures."""
-    with tempfile.TemporaryDirectory(prefix="digits-bench-infer-") as tmp:
-        world = World(Path(tmp))
-        server = NatsServer(world.root / "nats").start()
-        service: Service | None = None
-        nc: NATS | None = None
-        try:
-            settings = Settings(nats_urls=(server.url,))
-            nc = await bus.connect(settings, "bench-infer")
-            version = nc.connected_server_version
-            server_version = f"{version.major}.{version.minor}.{version.patch}"
+    with Stack("digits-bench-infer-") as stack:
+        world = World(stack.root)
+        stack.start_server()
+        async with stack.client("bench-infer") as nc:
             js = nc.jetstream()
             await bus.ensure_streams(js)
             kv = await bus.ensure_kv(js)
@@ -560,15 +467,20 @@ async def run(sizes: Sizes) -> dict[str, Any]:
             await record_jobs(job_store)
             world.store.mkdir(parents=True)
             world.images.mkdir(parents=True)
-            service = Service(server.url, world)  # it boots while the model trains
-            started = time.perf_counter()
+            service = stack.start_service(  # it boots while the model trains
+                "view_service",
+                DIGITS_STORE_URL=world.store.as_uri(),
+                DIGITS_DATA_ROOTS=str(world.images.parent),
+                DIGITS_DATA_DIR=str(world.root / "service"),
+                TF_CPP_MIN_LOG_LEVEL="2",
+            )
+            timer = Timer()
             rng = np.random.default_rng(7)
             images, labels = write_dataset(world, rng)
             await asyncio.to_thread(train_model, world, images, labels)
             write_images(world, sizes.many, rng)
-            took = time.perf_counter() - started
-            say(f"store, model and {sizes.many} PNGs written in {took:.1f} s")
-            await service.wait_healthy()
+            say(f"store, model and {sizes.many} PNGs written in {timer.seconds:.1f} s")
+            await stack.wait_healthy()
             files = FileStore(world.store)
             deps = Deps(
                 cache=ModelCache(files, job_store, world.root / "cache"),
@@ -580,23 +492,13 @@ async def run(sizes: Sizes) -> dict[str, Any]:
             model = await deps.cache.get(MODEL, EPOCH)
             bench = Bench(nc, deps, model, service)
             pngs = [f.read_bytes() for f in world.files]
-            started = time.perf_counter()
+            timer.restart()
             await bench.classify(pngs[0])  # the service loads the model
-            say(f"service ready; first request (model load) {time.perf_counter() - started:.1f} s")
+            say(f"service ready; first request (model load) {timer.seconds:.1f} s")
             singles = [pngs[i % len(pngs)] for i in range(sizes.single)]
             single = await bench.single(singles, sizes.rounds)
             concurrent = await bench.concurrent(pngs, sizes.concurrent, sizes.rounds)
             many = await bench.many(world, sizes.rounds)
-        finally:
-            try:
-                if nc is not None:
-                    await nc.close()
-            finally:
-                try:
-                    if service is not None:
-                        service.stop()
-                finally:
-                    server.stop()
     return {
         "bench": "infer",
         "single": single,
@@ -604,29 +506,23 @@ async def run(sizes: Sizes) -> dict[str, Any]:
         "many": many,
         "service_batcher": {"max_batch": BATCH_MAX, "max_delay_s": BATCH_DELAY_S},
         "sizes": {"single": sizes.single, "concurrent": sizes.concurrent, "rounds": sizes.rounds},
-        "machine": machine_facts(
-            "tensorflow", "keras", "numpy", "pillow", "nats-py", nats_server=server_version
+        "machine": machine(
+            "tensorflow", "keras", "numpy", "pillow", "nats-py", nats_server=stack.server_version
         ),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the benchmark, print the JSON line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer requests, under a minute")
+    parser = arguments(__doc__, "fewer requests, under a minute")
     args = parser.parse_args(argv)
     if args.quick:
         sizes = Sizes(single=200, concurrent=512, many=500, rounds=2)
     else:
         sizes = Sizes(single=600, concurrent=2048, many=2000, rounds=3)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    started = time.perf_counter()
-    result = asyncio.run(run(sizes))
-    result["elapsed_s"] = round(time.perf_counter() - started, 1)
-    say(f"done in {result['elapsed_s']} s")
-    print(json.dumps(result), flush=True)
-    return 0
+    timer = start()
+    return finish(asyncio.run(run(sizes)), timer)
 
 
 if __name__ == "__main__":

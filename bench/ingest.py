@@ -16,20 +16,13 @@ import contextlib
 import cProfile
 import dataclasses
 import io
-import json
-import logging
 import math
 import os
-import platform
 import pstats
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,18 +37,25 @@ from nats.aio.msg import Msg
 from PIL import Image
 
 from digits import bus, events, jobs, subjects
-from digits.config import Settings
 from digits.dataset import JPEG_QUALITY, ShardWriter
-from digits.natsserver import NatsServer, free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script too
-from bench.common import ratio, say  # noqa: E402
+from bench.common import (  # noqa: E402
+    Service,
+    Stack,
+    Timer,
+    arguments,
+    finish,
+    machine,
+    ratio,
+    ratios,
+    say,
+    start,
+)
 
-REPO = Path(__file__).resolve().parent.parent
 CLASSES = 10
 EXTENSION = "image-classification"
 LMDB_BATCH = 256  # puts per write transaction, as ShardWriter does
-STOP_TIMEOUT_S = 30.0
 READY_TIMEOUT_MIN_S = 120.0
 CASES = {  # case name -> (services, encoding processes per service)
     "1_worker": (1, 1),
@@ -193,7 +193,7 @@ def make_folder(iset: ImageSet, root: Path) -> Path:
         say(f"{iset.key}: reusing {iset.count} images in {train}")
         return train
     shutil.rmtree(base, ignore_errors=True)
-    started = time.perf_counter()
+    timer = Timer()
     per_class = [iset.count // CLASSES + (c < iset.count % CLASSES) for c in range(CLASSES)]
     step = 500
     with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
@@ -216,7 +216,7 @@ def make_folder(iset: ImageSet, root: Path) -> Path:
         for future in futures:
             future.result()
     marker.write_text(str(iset.count))
-    say(f"{iset.key}: generated {iset.count} images in {time.perf_counter() - started:.1f} s")
+    say(f"{iset.key}: generated {iset.count} images in {timer.seconds:.1f} s")
     return train
 
 
@@ -248,7 +248,7 @@ def bare_loop(iset: ImageSet, train: Path, out: Path) -> tuple[float, int]:
         save = {"format": "JPEG", "quality": JPEG_QUALITY}
     shape = [iset.size, iset.size, iset.channels]
     env = lmdb.open(str(out), subdir=False, map_size=1 << 32, lock=False, meminit=False)
-    started = time.perf_counter()
+    timer = Timer()
     entries = list_images(train)
     txn = env.begin(write=True)
     for i, (path, label) in enumerate(entries):
@@ -266,7 +266,7 @@ def bare_loop(iset: ImageSet, train: Path, out: Path) -> tuple[float, int]:
             txn = env.begin(write=True)
     txn.commit()
     env.sync(True)
-    elapsed = time.perf_counter() - started
+    elapsed = timer.seconds
     written = int(env.stat()["entries"])
     env.close()
     out.unlink()
@@ -276,157 +276,52 @@ def bare_loop(iset: ImageSet, train: Path, out: Path) -> tuple[float, int]:
 # --- the framework ---------------------------------------------------------------------------
 
 
-class Service:
-    """One ``python -m ingest_service`` child, its log file and its health port."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self.port = free_port()
-        child_env = {**os.environ, **env, "DIGITS_HEALTH_PORT": str(self.port)}
-        with open(log_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ingest_service"],
-                cwd=REPO,
-                env=child_env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def healthy(self) -> bool:
-        """Whether /healthz answers ok."""
-        url = f"http://127.0.0.1:{self.port}/healthz"
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                return r.status == 200 and json.loads(r.read())["status"] == "ok"
-        except (urllib.error.URLError, OSError, ValueError):
-            return False
-
-    def alive(self) -> bool:
-        """Whether the process still runs."""
-        return self.proc.poll() is None
-
-    def log_tail(self, lines: int = 30) -> str:
-        """The last lines of the child's output."""
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self) -> int:
-        """SIGTERM and wait (SIGKILL after a while); the exit code."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            return self.proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            say(f"  ingest service pid {self.proc.pid} ignored SIGTERM; killing it")
-            self.proc.kill()
-            return self.proc.wait(10)
-
-
-@dataclasses.dataclass
-class Children:
-    """Every child this benchmark started, so that all of them are stopped on any exit."""
-
-    services: list[Service] = dataclasses.field(default_factory=list)
-    server: NatsServer | None = None
-
-    def stop_services(self) -> None:
-        """Stop the ingest services (SIGTERM, wait), in the order they were started."""
-        while self.services:
-            svc = self.services.pop(0)
-            code = svc.stop()
-            if code not in (0, -signal.SIGTERM):
-                say(f"  ingest service exited with {code}:\n{svc.log_tail()}")
-
-    def stop_all(self) -> None:
-        """Stop the services, then the nats-server."""
-        try:
-            self.stop_services()
-        finally:
-            if self.server is not None:
-                self.server.stop()
-                self.server = None
-
-
 class Framework:
-    """One nats-server and one store; runs the ingest services for each case."""
+    """The stack's nats-server and one store; runs the ingest services for each case."""
 
-    def __init__(self, children: Children, tmp: Path, roots: list[Path]) -> None:
-        self.children = children
-        self.tmp = tmp
+    def __init__(self, stack: Stack, nc: NATS, roots: list[Path]) -> None:
+        self.stack = stack
+        self.tmp = stack.root
         self.roots = roots
-        self.nc: NATS | None = None
-        self.url = ""
-        self.server_version = "unknown"
-        self.serial = 0
-
-    async def open(self) -> None:
-        """Start nats-server and connect."""
-        self.children.server = NatsServer(self.tmp / "nats").start()
-        self.url = self.children.server.url
-        self.nc = await bus.connect(Settings(nats_urls=(self.url,)), "bench-ingest")
-        v = self.nc.connected_server_version
-        self.server_version = f"{v.major}.{v.minor}.{v.patch}"
-
-    async def close(self) -> None:
-        """Close the connection (the server is stopped by ``Children``)."""
-        if self.nc is not None:
-            await self.nc.close()
+        self.nc = nc
 
     def start_services(self, count: int, procs: int, shard_size: int) -> list[Service]:
         """Start ``count`` ingest services with ``procs`` encoding processes each."""
         env = {
-            "DIGITS_NATS_URL": self.url,
             "DIGITS_DATA_ROOTS": os.pathsep.join(str(r) for r in self.roots),
             "DIGITS_STORE_URL": (self.tmp / "store").as_uri(),
-            "DIGITS_DATA_DIR": str(self.tmp / "data"),
             "DIGITS_SECRET_KEY": _secret_key(),
             "DIGITS_SHARD_SIZE": str(shard_size),
             "DIGITS_INGEST_PROCS": str(procs),
             "DIGITS_LOG_LEVEL": "INFO",
-            "PYTHONUNBUFFERED": "1",
         }
-        started = []
-        for _ in range(count):
-            self.serial += 1
-            svc = Service(env, self.tmp / f"ingest-{self.serial}.log")
-            self.children.services.append(svc)
-            started.append(svc)
-        return started
+        return [self.stack.start_service("ingest_service", **env) for _ in range(count)]
 
     async def wait_ready(self, services: list[Service], timeout: float = 60.0) -> None:
         """Wait until every service is healthy and pulls on the work and command consumers."""
-        assert self.nc is not None
-        js = self.nc.jetstream()
         deadline = time.monotonic() + timeout
+        await self.stack.wait_healthy(services, timeout)
+        js = self.nc.jetstream()
         want = len(services)
-        pending = {
-            subjects.CONSUMER_INGEST: subjects.CONSUMERS[subjects.CONSUMER_INGEST],
-            subjects.CONSUMER_DATASET_COMMANDS: subjects.CONSUMERS[
-                subjects.CONSUMER_DATASET_COMMANDS
-            ],
-        }
-        while True:
+        pending = [
+            subjects.CONSUMERS[subjects.CONSUMER_INGEST],
+            subjects.CONSUMERS[subjects.CONSUMER_DATASET_COMMANDS],
+        ]
+        while pending:
             for svc in services:
-                if not svc.alive():
-                    raise RuntimeError(f"ingest service exited:\n{svc.log_tail()}")
-            if all(svc.healthy() for svc in services):
-                for name, spec in list(pending.items()):
-                    try:
-                        info = await js.consumer_info(spec.stream, spec.durable)
-                    except nats.js.errors.NotFoundError:
-                        continue
+                svc.check()
+            for spec in list(pending):
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    info = await js.consumer_info(spec.stream, spec.durable)
                     if (info.num_waiting or 0) >= want:
-                        del pending[name]
-                if not pending:
-                    return
-            if time.monotonic() > deadline:
+                        pending.remove(spec)
+            if pending and time.monotonic() > deadline:
                 tails = "\n".join(svc.log_tail() for svc in services)
                 raise RuntimeError(f"ingest services not ready in {timeout:.0f} s:\n{tails}")
             await asyncio.sleep(0.05)
 
     async def create(self, name: str, form: dict[str, Any], timeout: float) -> tuple[float, Any]:
         """Publish dataset.create, wait for its dataset.ready; (seconds, the ready event)."""
-        assert self.nc is not None
         job_id = jobs.new_job_id()
         done: asyncio.Future[tuple[float, Any]] = asyncio.get_running_loop().create_future()
 
@@ -461,13 +356,11 @@ class Framework:
 
     def pids(self) -> list[int]:
         """The nats-server's process id, if it runs."""
-        server = self.children.server
-        proc = getattr(server, "proc", None)
+        proc = getattr(self.stack.server, "proc", None)
         return [proc.pid] if proc is not None else []
 
     async def describe(self, job_id: str) -> str:
         """A job's status, stages and recorded shards, for an error message."""
-        assert self.nc is not None
         js = self.nc.jetstream()
         try:
             job = await jobs.JobStore(js, await js.key_value(subjects.KV_JOBS)).get(job_id)
@@ -523,7 +416,7 @@ async def run_case(
             say(f"  log of ingest service pid {svc.proc.pid}:\n{svc.log_tail(60)}")
         raise
     finally:
-        fw.children.stop_services()
+        fw.stack.stop_services()
     fw.drop(ready.job_id)
     written = ready.counts.get("train_db", 0)
     if written != iset.count or any(ready.skipped.values()):
@@ -546,18 +439,18 @@ def profile_set(iset: ImageSet, train: Path, root: Path, limit: int) -> dict[str
     chunks = [entries[i : i + 64] for i in range(0, n, 64)]
     encode_chunk(EXTENSION, form, chunks[0], iset.encoding, True)  # build the extension
 
-    started = time.perf_counter()
+    timer = Timer()
     results = [encode_chunk(EXTENSION, form, c, iset.encoding, True) for c in chunks]
-    encode_s = time.perf_counter() - started
+    encode_s = timer.seconds
     # The same without storing unchanged source files as they are (every image re-encoded).
     from digits.extensions.data.imageClassification import data as classification
 
     as_is, classification.AS_IS = classification.AS_IS, {}
     try:
-        started = time.perf_counter()
+        timer = Timer()
         for c in chunks:
             encode_chunk(EXTENSION, form, c, iset.encoding, True)
-        reencode_s = time.perf_counter() - started
+        reencode_s = timer.seconds
     finally:
         classification.AS_IS = as_is
     prof = cProfile.Profile()
@@ -571,18 +464,18 @@ def profile_set(iset: ImageSet, train: Path, root: Path, limit: int) -> dict[str
 
     import pickle
 
-    started = time.perf_counter()
+    timer = Timer()
     for r in results:
         pickle.loads(pickle.dumps(r))  # what crossing the process pool costs (both ends)
-    pickle_s = time.perf_counter() - started
+    pickle_s = timer.seconds
 
-    started = time.perf_counter()
+    timer = Timer()
     with tempfile.TemporaryDirectory(prefix="digits-bench-prof-") as tmp:
         with ShardWriter(Path(tmp, "shard.lmdb")) as writer:
             for r in results:
                 for sample in r.samples:
                     writer.put_encoded(sample)
-    write_s = time.perf_counter() - started
+    write_s = timer.seconds
 
     sub = root / f"profile-{iset.key}"
     sub.mkdir(exist_ok=True)
@@ -612,8 +505,7 @@ def shard_size_for(count: int) -> int:
 
 
 async def run_framework(
-    children: Children,
-    tmp: Path,
+    stack: Stack,
     root: Path,
     sets: list[tuple[ImageSet, Path]],
     cases: list[str],
@@ -621,15 +513,16 @@ async def run_framework(
     warm: Path,
     results: dict[str, dict[str, Any]],
     adjacent: bool = False,
-) -> str:
-    """Every framework case of every set against one nats-server; the server's version.
+) -> None:
+    """Every framework case of every set against one nats-server, the stack's.
 
     ``adjacent``: time the bare loop again just before each case run, and report each case
     against it too (other processes' load on a shared machine changes from minute to minute).
     """
-    fw = Framework(children, tmp, [root])
-    try:
-        await fw.open()
+    tmp = stack.root
+    stack.start_server()
+    async with stack.client("bench-ingest") as nc:
+        fw = Framework(stack, nc, [root])
         for iset, train in sets:
             res = results[iset.key]
             base = res["baseline_img_s"]
@@ -660,9 +553,6 @@ async def run_framework(
                         res["others_cpu_pct"][case] = cpu["others_pct"]
                         res.setdefault("best_run_cpu", {})[case] = role_figures(iset, case, cpu)
             res["framework_img_s"] = rates
-        return fw.server_version
-    finally:
-        await fw.close()
 
 
 def role_figures(iset: ImageSet, case: str, cpu: dict[str, Any]) -> dict[str, Any]:
@@ -678,13 +568,12 @@ def summarize(key: str, res: dict[str, Any]) -> dict[str, Any]:
     """Ratios, the 1-worker overhead and the goal checks of one set."""
     base = res["baseline_img_s"]
     rates = res["framework_img_s"]
-    ratios = {case: ratio(rate, base) for case, rate in rates.items()}
-    res["ratio_vs_baseline"] = ratios
+    against = res["ratio_vs_baseline"] = ratios(rates, base)
     met: dict[str, bool] = {}
     line = f"{key}:"
-    if "2_workers" in ratios:
-        met["2_workers"] = ratios["2_workers"] >= GOAL_2_WORKERS
-        line += f" 2 workers {ratios['2_workers']:.2f}x the bare loop (goal {GOAL_2_WORKERS}x)"
+    if "2_workers" in against:
+        met["2_workers"] = against["2_workers"] >= GOAL_2_WORKERS
+        line += f" 2 workers {against['2_workers']:.2f}x the bare loop (goal {GOAL_2_WORKERS}x)"
     if "1_worker" in rates:
         # Time per image of one worker over the bare loop's, minus one, in percent.
         overhead = round((base / rates["1_worker"] - 1) * 100, 1)
@@ -697,15 +586,15 @@ def summarize(key: str, res: dict[str, Any]) -> dict[str, Any]:
     return {**{k: res[k] for k in order if k in res}, **res}
 
 
-def run(args: argparse.Namespace, children: Children) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     """Generate the folders, run the bare loops and the framework cases; the figures."""
     sets = [
         ImageSet("png28", args.images, 28, 28, 1, "png", "png"),
         ImageSet("jpg224", args.images_224, 256, 224, 3, "jpg", "jpg"),
     ]
     sets = [iset for iset in sets if iset.key in args.sets]
-    with contextlib.ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="digits-bench-ingest-")))
+    with Stack("digits-bench-ingest-") as stack:
+        tmp = stack.root
         root = Path(args.cache_dir).resolve() if args.cache_dir else tmp / "images"
         root.mkdir(parents=True, exist_ok=True)
         folders = [(iset, make_folder(iset, root)) for iset in sets]
@@ -737,10 +626,9 @@ def run(args: argparse.Namespace, children: Children) -> dict[str, Any]:
             if args.profile:
                 profile[iset.key] = profile_set(iset, train, root, args.profile)
                 say(f"{iset.key}: per-image phases {profile[iset.key]['us_per_image']} us")
-        server_version = asyncio.run(
+        asyncio.run(
             run_framework(
-                children,
-                tmp,
+                stack,
                 root,
                 folders,
                 args.cases,
@@ -773,13 +661,7 @@ def run(args: argparse.Namespace, children: Children) -> dict[str, Any]:
             "processes, encoders = their encoding processes) and the encoders' busy share "
             "of its wall time"
         ),
-        "machine": {
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "pillow": Image.__version__,
-            "lmdb": lmdb.__version__,
-            "nats_server": server_version,
-        },
+        "machine": machine("pillow", "lmdb", cpu_model=False, nats_server=stack.server_version),
     }
     if profile:
         out["profile"] = profile
@@ -788,12 +670,11 @@ def run(args: argparse.Namespace, children: Children) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the benchmark, print the JSON line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__, "2000 PNGs and 500 JPEGs")
     parser.add_argument("--images", type=int, default=None, help="28x28 PNGs (default 20000)")
     parser.add_argument(
         "--images-224", type=int, default=None, help="256x256 JPEGs (default 20000)"
     )
-    parser.add_argument("--quick", action="store_true", help="2000 PNGs and 500 JPEGs")
     parser.add_argument("--cache-dir", default=None, help="keep and reuse the image folders here")
     parser.add_argument(
         "--profile",
@@ -831,22 +712,8 @@ def main(argv: list[str] | None = None) -> int:
     args.images_224 = args.images_224 or (500 if args.quick else 20000)
     if args.images < 2 * CLASSES or args.images_224 < 2 * CLASSES:
         parser.error(f"each set needs at least {2 * CLASSES} images")
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    children = Children()
-
-    def on_term(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_term)
-    started = time.perf_counter()
-    try:
-        result = run(args, children)
-    finally:
-        children.stop_all()
-    result["elapsed_s"] = round(time.perf_counter() - started, 1)
-    say(f"done in {result['elapsed_s']} s")
-    print(json.dumps(result), flush=True)
-    return 0
+    timer = start()
+    return finish(run(args), timer)
 
 
 if __name__ == "__main__":

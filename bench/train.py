@@ -19,10 +19,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,8 +41,18 @@ from digits.dataset import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script too
-from bench.common import machine as machine_facts  # noqa: E402
-from bench.common import ratio, say  # noqa: E402
+from bench.common import (  # noqa: E402
+    Timer,
+    arguments,
+    emit,
+    finish,
+    machine,
+    ratio,
+    ratios,
+    run_json,
+    say,
+    start,
+)
 
 CLASSES = 10
 SCALE = 1.0 / 255.0  # train_service.session.SCALE
@@ -184,7 +192,7 @@ def _in_memory(root: Path) -> tuple[np.ndarray, np.ndarray, float]:
     from digits import dataset
     from train_service.data import ShardedDataset
 
-    started = time.perf_counter()
+    timer = Timer()
     ds = dataset.open(str(root))
     h, w, c = ds.manifest.feature_shape
     x = np.empty((ds.count(STAGE), h, w, c), np.float32)
@@ -199,7 +207,7 @@ def _in_memory(root: Path) -> tuple[np.ndarray, np.ndarray, float]:
     assert mean is not None
     x -= np.asarray(mean, np.float32).reshape(h, w, c)
     x *= np.float32(SCALE)
-    return x, y, time.perf_counter() - started
+    return x, y, timer.seconds
 
 
 @dataclasses.dataclass
@@ -253,14 +261,14 @@ class Trainer:
         ends: list[float] = []
         cpu: list[float] = []
 
-        class Timer(keras.callbacks.Callback):
+        class BatchEnds(keras.callbacks.Callback):
             """Records when each training batch ends, and the process's CPU time then."""
 
             def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
                 ends.append(time.perf_counter())
                 cpu.append(time.process_time())
 
-        kw: dict[str, Any] = {"epochs": 1, "verbose": 0, "callbacks": [Timer()]}
+        kw: dict[str, Any] = {"epochs": 1, "verbose": 0, "callbacks": [BatchEnds()]}
         started = time.perf_counter()
         if self.train is not None:  # as train_service/session.py calls it
             history = self.model.fit(self.train, shuffle=False, **kw)
@@ -340,10 +348,10 @@ def run_case(case: Case, root: Path) -> dict[str, Any]:
 
 def _per_call_us(fn: Callable[[int], object], n: int) -> float:
     """Mean microseconds of ``fn(i)`` over ``i`` in range(n)."""
-    started = time.perf_counter()
+    timer = Timer()
     for i in range(n):
         fn(i)
-    return (time.perf_counter() - started) / n * 1e6
+    return timer.seconds / n * 1e6
 
 
 def run_profile(case: Case, root: Path) -> dict[str, Any]:
@@ -362,10 +370,10 @@ def run_profile(case: Case, root: Path) -> dict[str, Any]:
             sd[0]  # open the shards, start the pool
             for b in range(batches if label == "cached" else 0):
                 sd[b]  # decoded once: the timed pass reads the cache
-            started = time.perf_counter()
+            timer = Timer()
             for b in range(batches):
                 sd[b]
-            ms = (time.perf_counter() - started) / batches * 1e3
+            ms = timer.seconds / batches * 1e3
         out[f"getitem_ms_{label}"] = round(ms, 3)
         out[f"getitem_img_s_{label}"] = round(bs / ms * 1e3, 1)
     # Per-sample stages, serial, on the first shard's samples.
@@ -401,9 +409,7 @@ def child(spec: dict[str, Any]) -> int:
     """Run the fits or the profile of the case described by ``spec``; print its JSON line."""
     case = Case(**{**spec["case"], "shape": tuple(spec["case"]["shape"])})
     root = Path(spec["root"])
-    result = run_profile(case, root) if spec["profile"] else run_case(case, root)
-    print(json.dumps(result), flush=True)
-    return 0
+    return emit(run_profile(case, root) if spec["profile"] else run_case(case, root))
 
 
 # --------------------------------------------------------------------------- parent
@@ -412,20 +418,9 @@ def child(spec: dict[str, Any]) -> int:
 def spawn(case: Case, root: Path, profile: bool = False) -> dict[str, Any]:
     """Run one case's fits (or its profile) in a fresh Python process; its JSON result."""
     spec = {"case": dataclasses.asdict(case), "root": str(root), "profile": profile}
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=CHILD_TIMEOUT_S,
-        check=False,
-    )
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-20:])
-        raise RuntimeError(f"case {root.name} failed (rc {proc.returncode}):\n{tail}")
-    return json.loads(lines[-1])
+    argv = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+    env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+    return run_json(argv, f"case {root.name}", CHILD_TIMEOUT_S, env)
 
 
 def summarize(key: str, case: Case, root: Path, r: dict[str, Any]) -> dict[str, Any]:
@@ -453,19 +448,14 @@ def summarize(key: str, case: Case, root: Path, r: dict[str, Any]) -> dict[str, 
         "cache": r["cache"],
         "warmup_epochs": 1,
         "measured_epochs": case.rounds,
-        "ratio_per_round": [
-            ratio(p, b) for p, b in zip(modes["pipeline"]["epochs_img_s"], base_epochs, strict=True)
-        ],
+        "ratio_per_round": ratios(modes["pipeline"]["epochs_img_s"], base_epochs),
         "ratio_median_round": round(
             statistics.median(
                 p / b for p, b in zip(modes["pipeline"]["epochs_img_s"], base_epochs, strict=True)
             ),
             3,
         ),
-        "ratio_workers2_per_round": [
-            ratio(p, b)
-            for p, b in zip(modes["pipeline_workers2"]["epochs_img_s"], base_epochs, strict=True)
-        ],
+        "ratio_workers2_per_round": ratios(modes["pipeline_workers2"]["epochs_img_s"], base_epochs),
         "batch_size": case.batch_size,
         "steps": case.measured_steps,
         "steps_per_epoch": case.steps_per_epoch,
@@ -518,12 +508,12 @@ def run(names: list[str], encodings: list[str], quick: bool, profile: bool) -> d
     with tempfile.TemporaryDirectory(prefix="digits-bench-train-") as tmp:
         for name in names:
             case = table[name]
-            started = time.perf_counter()
+            timer = Timer()
             roots = write_datasets(case, name, Path(tmp))
             say(
                 f"{name}: wrote {case.count} {'x'.join(map(str, case.shape))} samples "
                 f"(png {_disk_mb(roots['png'])} MiB, none {_disk_mb(roots['none'])} MiB) "
-                f"in {time.perf_counter() - started:.1f} s"
+                f"in {timer.seconds:.1f} s"
             )
             for enc in encodings:
                 key = f"{name}_{enc}"
@@ -559,14 +549,13 @@ def run(names: list[str], encodings: list[str], quick: bool, profile: bool) -> d
         ),
         "peak_rss_mb": peak,
         "backend": backend,
-        "machine": machine_facts("tensorflow", "keras", "numpy", "pillow", "lmdb"),
+        "machine": machine("tensorflow", "keras", "numpy", "pillow", "lmdb"),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the benchmark (or one child case), print the JSON line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small datasets, few steps")
+    parser = arguments(__doc__, "small datasets, few steps")
     parser.add_argument(
         "--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}"
     )
@@ -584,12 +573,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--cases: choose from {', '.join(CASES)}")
     if not encodings or any(e not in ENCODINGS for e in encodings):
         parser.error(f"--encodings: choose from {', '.join(ENCODINGS)}")
-    started = time.perf_counter()
-    result = run(names, encodings, args.quick, not args.no_profile)
-    result["elapsed_s"] = round(time.perf_counter() - started, 1)
-    say(f"done in {result['elapsed_s']} s")
-    print(json.dumps(result), flush=True)
-    return 0
+    timer = start()
+    return finish(run(names, encodings, args.quick, not args.no_profile), timer)
 
 
 if __name__ == "__main__":
