@@ -8,7 +8,7 @@ import msgspec
 import nats.errors
 from flask import abort
 
-from digits.jobs import JobNotFound
+from digits.jobs import Job, JobNotFound
 from gateway import context
 from gateway.forms import FormErrors
 
@@ -21,6 +21,11 @@ def model_id(form: dict[str, Any]) -> str:
     job_id = str(form.get("job_id") or "").strip()
     if not job_id:
         raise FormErrors({"job_id": ["job_id is required (the model job's id)"]})
+    return model_job(job_id).id
+
+
+def model_job(job_id: str) -> Job:
+    """The model job of ``job_id``, or a 404 naming the id."""
     bus_client = context.bus_client()
     assert bus_client.jobs is not None
     try:
@@ -29,7 +34,7 @@ def model_id(form: dict[str, Any]) -> str:
         job = None
     if job is None or job.type != "model":
         abort(404, description=f"no model with id {job_id!r}")
-    return job_id
+    return job
 
 
 def snapshot_epoch(form: dict[str, Any]) -> float:

@@ -14,7 +14,7 @@ from flask.typing import ResponseReturnValue
 
 from digits import subjects
 from digits.inference import MAX_IMAGE_BYTES
-from digits.jobs import INITIALIZED, STATUS_NAMES, Job, JobNotFound
+from digits.jobs import INITIALIZED, STATUS_NAMES, Job
 from digits.models.layout import (
     MEAN_FILES,
     MODEL_FILES,
@@ -29,7 +29,7 @@ from gateway.auth import api_login_required, page_or_api_login_required
 from gateway.busclient import BusClient
 from gateway.context import artifact_store, bus_client
 from gateway.forms import FormErrors
-from gateway.inference import ONE_TIMEOUT_S, ask_view, model_id, snapshot_epoch
+from gateway.inference import ONE_TIMEOUT_S, ask_view, model_id, model_job, snapshot_epoch
 from gateway.runtime import json_errors
 
 bp = Blueprint("models_api", __name__)
@@ -55,18 +55,6 @@ def create_generic() -> ResponseReturnValue:
     )
     job_id = model_submit.submit(name, dataset, group, checked, g.user.username)
     return jsonify({"id": job_id, "name": name, "status": STATUS_NAMES[INITIALIZED]})
-
-
-def _model(job_id: str) -> Job:
-    client = bus_client()
-    assert client.jobs is not None
-    try:
-        job = client.call(client.jobs.get(job_id))
-    except JobNotFound:
-        job = None
-    if job is None or job.type != "model":
-        abort(404, description=f"no model with id {job_id!r}")
-    return job
 
 
 def _epochs(job: Job) -> list[float]:
@@ -163,7 +151,7 @@ def _stream(
 @page_or_api_login_required
 def download(job_id: str, fmt: str = "tar.gz") -> ResponseReturnValue:
     """The model archive (.tar.gz or .zip): snapshot(s), SavedModel, info, labels, mean."""
-    job = _model(job_id)
+    job = model_job(job_id)
     epochs = _epochs(job)
     entries = _entries(job, epochs)
     tag = "all" if len(epochs) > 1 else f"epoch_{epochs[0]:g}"
