@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets as _random
 import time
@@ -13,7 +14,8 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.kv import KeyValue
+from nats.js.api import DeliverPolicy
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from digits import bus, events
 
@@ -93,8 +95,21 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
         return next((s for s in self.stages if s.name == name), None)
 
 
+class JobBrief(msgspec.Struct, frozen=True, kw_only=True):
+    """The fields of a job record that sweeps filter on, decoded without the rest."""
+
+    id: str
+    type: str
+    status: str = INITIALIZED
+    depends_on: list[str] = msgspec.field(default_factory=list)
+    created_at: float = 0.0
+
+
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(Job).decode
+_decode_brief = msgspec.msgpack.Decoder(JobBrief).decode
+SCAN_IDLE_S = 5.0  # a scan that hears nothing for this long has seen every record
+MARKER_REASON = "Nats-Marker-Reason"  # nats-server 2.11+: a TTL, max-age or purge marker
 
 
 def new_job_id(now: float | None = None) -> str:
@@ -142,28 +157,61 @@ class JobStore:
             raise JobNotFound(job_id)
         return _decode(entry.value), entry.revision or 0
 
-    async def keys(self) -> list[str]:
-        """Every job id in the bucket (deleted ones too, until their markers go), sorted.
+    async def _scan(self, headers_only: bool = False) -> dict[str, tuple[bytes, int]]:
+        """Every live record, key -> (value, revision), read by one consumer.
 
-        Read from the stream's own per-subject counts, not with ``KeyValue.keys()``: its watcher
-        can report no keys at all when the server delivers them all before it checks what is
-        pending, and it repeats a key updated while it lists.
+        One ordered push consumer (last value per subject) streams the whole bucket: a request
+        per record would make 10,000 jobs cost 10,000 round trips. Delete and purge markers
+        drop their key; a record changed while the scan runs counts at its newest value seen,
+        and the scan ends at the stream's last sequence as it was once the consumer existed.
         """
         if self._bucket is None:
             self._bucket = (await self.kv.status()).bucket
-        prefix = f"$KV.{self._bucket}."
-        info = await self.js.stream_info(f"KV_{self._bucket}", subjects_filter=f"{prefix}>")
-        return sorted(s[len(prefix) :] for s in info.state.subjects or {})
+        stream, prefix = f"KV_{self._bucket}", f"$KV.{self._bucket}."
+        sub = await self.js.subscribe(
+            f"{prefix}>",
+            stream=stream,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            headers_only=headers_only,
+            inactive_threshold=60,
+        )
+        found: dict[str, tuple[bytes, int]] = {}
+        try:
+            state = (await self.js.stream_info(stream)).state
+            while state.messages:
+                try:
+                    msg = await sub.next_msg(timeout=SCAN_IDLE_S)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    break  # removed since the stream's state was read
+                seq, headers = msg.metadata.sequence.stream, msg.headers or {}
+                key = msg.subject[len(prefix) :]
+                gone = headers.get(KV_OP) in (KV_DEL, KV_PURGE) or MARKER_REASON in headers
+                if gone or not (headers_only or msg.data):
+                    found.pop(key, None)
+                else:
+                    found[key] = (msg.data, seq)
+                if seq >= state.last_seq or msg.metadata.num_pending == 0:
+                    break
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        return found
 
-    async def list(self) -> list[Job]:
-        """Every job, newest first."""
-        jobs = []
-        for key in await self.keys():
+    async def keys(self) -> list[str]:
+        """Every job id in the bucket, sorted (deleted jobs are not)."""
+        return sorted(await self._scan(headers_only=True))
+
+    async def list(self, where: Callable[[JobBrief], bool] | None = None) -> list[Job]:
+        """Every job (those whose brief passes ``where``, if given), newest first."""
+        found = []
+        for key, (value, _) in (await self._scan()).items():
             try:
-                jobs.append(await self.get(key))
-            except JobNotFound:
-                continue
-        return sorted(jobs, key=lambda j: j.created_at, reverse=True)
+                if where is None or where(_decode_brief(value)):
+                    found.append(_decode(value))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.warning("job record %s cannot be decoded: %s", key, exc)
+        return sorted(found, key=lambda j: j.created_at, reverse=True)
 
     async def update(self, job_id: str, mutate: Callable[[Job], Job | None]) -> Job:
         """Apply ``mutate`` by compare-and-swap, retrying on conflict; None means no change."""
@@ -245,7 +293,7 @@ class JobStore:
 
     async def dependents(self, job_id: str) -> list[Job]:
         """Jobs that depend on ``job_id`` (models trained on a dataset)."""
-        return [job for job in await self.list() if job_id in job.depends_on]
+        return await self.list(lambda brief: job_id in brief.depends_on)
 
     async def delete(self, job_id: str) -> None:
         """Delete a job record; refused while another job depends on it (as DIGITS did)."""

@@ -32,6 +32,7 @@ from gateway.forms import (
     plugin_form,
     redacted,
 )
+from gateway.jobcache import JobSummary
 from gateway.runtime import json_errors
 from gateway.runtime import publish as _publish
 from gateway.runtime import sealed as _sealed
@@ -39,7 +40,10 @@ from gateway.runtime import sealed as _sealed
 bp = Blueprint("api", __name__)
 
 
-def _summary(job: Job) -> dict[str, Any]:
+PER_PAGE, MAX_PER_PAGE = 100, 1000  # /index.json's default and largest page
+
+
+def _summary(job: Job | JobSummary) -> dict[str, Any]:
     return {
         "id": job.id,
         "name": job.name,
@@ -138,15 +142,42 @@ def bus_timeout(exc: TimeoutError) -> ResponseReturnValue:
 @bp.get("/index.json")
 @api_login_required
 def index() -> ResponseReturnValue:
-    """Every dataset and model job, newest first, as DIGITS's home page JSON."""
+    """Dataset and model jobs, newest first, as DIGITS's home page JSON, a page at a time.
+
+    ``?page=`` (from 1) and ``?per_page=`` (1 to MAX_PER_PAGE) page both lists alike; ``total``
+    counts each list and ``next`` is the URL of the next page (null on the last).
+    """
     _jobs()  # 503 while not connected
-    found = _bus().list_jobs()
+    page, per_page = _positive("page", 1), _positive("per_page", PER_PAGE)
+    if per_page > MAX_PER_PAGE:
+        abort(400, description=f"per_page {per_page} exceeds {MAX_PER_PAGE}")
+    offset = (page - 1) * per_page
+    datasets = _bus().listing("dataset", offset, per_page)
+    models = _bus().listing("model", offset, per_page)
+    more = offset + per_page < max(datasets.total, models.total)
     return jsonify(
         {
-            "datasets": [_summary(j) for j in found if j.type == "dataset"],
-            "models": [_summary(j) for j in found if j.type == "model"],
+            "datasets": [_summary(j) for j in datasets.jobs],
+            "models": [_summary(j) for j in models.jobs],
+            "page": page,
+            "per_page": per_page,
+            "total": {"datasets": datasets.total, "models": models.total},
+            "next": f"/index.json?page={page + 1}&per_page={per_page}" if more else None,
         }
     )
+
+
+def _positive(name: str, default: int) -> int:
+    text = request.args.get(name, "")
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        abort(400, description=f"{name} {text!r} is not a positive integer")
+    return value
 
 
 @bp.post("/datasets/images/classification.json")
@@ -283,7 +314,7 @@ def delete_job(job_id: str) -> ResponseReturnValue:
     """Publish job.delete (the owner or an admin only)."""
     job = _job(job_id)
     _may_change(job)
-    users = _bus().call(_jobs().dependents(job.id))
+    users = _bus().dependents(job.id)
     if users:
         names = ", ".join(f"{u.name} ({u.id})" for u in users)
         abort(409, description=f"cannot delete {job.type} {job.id}: used by {names}")

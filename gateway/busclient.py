@@ -19,7 +19,8 @@ from nats.aio.msg import Msg
 from digits import bus, events, subjects
 from digits.config import Settings
 from digits.jobs import Job, JobStore
-from gateway.jobcache import JobCache
+from gateway.jobcache import ACTIVE, JobCache, JobSummary, Listing
+from gateway.live import LiveHub
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class BusClient:
         self.nc: NATS | None = None
         self.jobs: JobStore | None = None
         self.job_cache: JobCache | None = None
+        self.live = LiveHub()
         self.started_at = time.time()
         self._seen: dict[tuple[str, str], tuple[float, events.Heartbeat]] = {}
         self._lock = threading.Lock()
@@ -71,6 +73,7 @@ class BusClient:
         kv = await bus.ensure_kv(js, self.settings.replicas)
         self.jobs = JobStore(js, kv[subjects.KV_JOBS])
         self.job_cache = await JobCache(kv[subjects.KV_JOBS]).start()
+        await self.live.start(self.nc)
         await self.nc.subscribe(f"{subjects.HEARTBEAT}.>", cb=self._on_heartbeat)
 
     async def _on_heartbeat(self, msg: Msg) -> None:
@@ -91,11 +94,38 @@ class BusClient:
             future.cancel()
             raise TimeoutError(f"bus call timed out after {timeout}s") from None
 
-    def list_jobs(self) -> list[Job]:
+    def list_jobs(self) -> list[JobSummary] | list[Job]:
         """Every job, newest first: from the watched cache, else read from the bucket."""
         assert self.jobs is not None
         found = self.call(self.job_cache.list()) if self.job_cache is not None else None
         return found if found is not None else self.call(self.jobs.list())
+
+    def listing(self, kind: str, offset: int = 0, limit: int = 50) -> Listing:
+        """A page of the jobs of type ``kind``, with counts and the active jobs (one bus call)."""
+        assert self.jobs is not None
+        found = None
+        if self.job_cache is not None:
+            found = self.call(self.job_cache.listing(kind, offset, limit))
+        if found is not None:
+            return found
+        every = self.call(self.jobs.list(), timeout=60)  # not in sync: read the whole bucket
+        of_kind = [j for j in every if j.type == kind]
+        counts = {t: sum(j.type == t for j in every) for t in {j.type for j in every}}
+        active = [j for j in every if j.status in ACTIVE]
+        names = {j.id: j.name for j in every if j.type == "dataset"}
+        return Listing(of_kind[offset : offset + limit], len(of_kind), counts, active, names)
+
+    def dependents(self, job_id: str) -> list[JobSummary] | list[Job]:
+        """The jobs that depend on ``job_id``, newest first (from the cache when in sync)."""
+        assert self.jobs is not None
+        found = self.list_jobs()
+        return [j for j in found if job_id in j.depends_on]
+
+    def get_job(self, job_id: str) -> Job:
+        """The job's record (JobNotFound): from the watched cache, else read from the bucket."""
+        assert self.jobs is not None
+        found = self.call(self.job_cache.get(job_id)) if self.job_cache is not None else None
+        return found if found is not None else self.call(self.jobs.get(job_id))
 
     @property
     def connected(self) -> bool:

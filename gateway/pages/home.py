@@ -10,9 +10,10 @@ from gateway.pages.common import page
 from gateway.pages.jobdata import (
     POLL,
     TABS,
-    all_jobs,
     job_time,
     job_url,
+    listing,
+    page_number,
     running_jobs,
     status_name,
     tab_context,
@@ -30,15 +31,15 @@ def index() -> ResponseReturnValue:
     """Datasets or models (``?tab=models``) grouped by group name, with running jobs on top."""
     tab = request.args.get("tab", "datasets")
     tab = tab if tab in TABS else "datasets"
-    return page("home/index.html", "home/_tab.html", **tab_context(tab))
+    context = tab_context(tab, page=page_number(request.args.get("page")))
+    return page("home/index.html", "home/_tab.html", **context)
 
 
 @bp.get("/running")
 @page_login_required
 def running() -> ResponseReturnValue:
     """The running jobs partial; it polls itself while a job runs, and says when the set changed."""
-    found = all_jobs()
-    active = running_jobs(found)
+    active = running_jobs(listing("dataset", 0, 0).active)
     context = {"running": active, "poll": POLL, "status_name": status_name}
     if not is_htmx():
         return page("home/running.html", "home/_running.html", **context)

@@ -4,6 +4,7 @@ durations, dataset files in the store."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,16 +28,19 @@ from digits.jobs import (
 )
 from digits.store import StoreError, open_store
 from gateway.context import bus_client, job_store, pending
+from gateway.jobcache import JobSummary, Listing
 
 POLL = "load delay:500ms"  # self-polling partials: a change shows within about half a second
 TABS = ("datasets", "models")  # the home page's job lists
 ACTIVE = (WAITING, RUNNING)
+PAGE_SIZE = 50  # jobs per page of the home page's lists
 
 
 def find_job(job_id: str, kind: str | None = None) -> Job:
     """The job record, or a 404 naming the id (a job of another type counts as unknown)."""
+    job_store()  # 503 while not connected
     try:
-        job = bus_client().call(job_store().get(job_id))
+        job = bus_client().get_job(job_id)
     except JobNotFound:
         job = None
     if job is None or (kind is not None and job.type != kind):
@@ -46,8 +50,9 @@ def find_job(job_id: str, kind: str | None = None) -> Job:
 
 def find_model(job_id: str) -> tuple[Job | None, bool]:
     """(the model job, whether it is only pending), None when there is no such model."""
+    job_store()  # 503 while not connected
     try:
-        job = bus_client().call(job_store().get(job_id))
+        job = bus_client().get_job(job_id)
     except JobNotFound:
         summary = pending().get(job_id)
         if summary is None or summary.get("type") != "model":
@@ -72,15 +77,16 @@ def model_or_404(job_id: str) -> Job:
     return job
 
 
-def all_jobs() -> list[Job]:
-    """Every job, newest first (from the gateway's watched job cache)."""
+def listing(kind: str, offset: int = 0, limit: int = PAGE_SIZE) -> Listing:
+    """A page of the jobs of type ``kind`` with the counts and the active jobs (the cache)."""
     job_store()  # 503 while not connected
-    return bus_client().list_jobs()
+    return bus_client().listing(kind, offset, limit)
 
 
-def dependents(job_id: str) -> list[Job]:
+def dependents(job_id: str) -> list[Job] | list[JobSummary]:
     """The jobs that use ``job_id`` (models trained on a dataset)."""
-    return bus_client().call(job_store().dependents(job_id))
+    job_store()  # 503 while not connected
+    return bus_client().dependents(job_id)
 
 
 def is_finished(job: Job) -> bool:
@@ -89,8 +95,11 @@ def is_finished(job: Job) -> bool:
 
 
 def last_train_progress(job_id: str) -> events.TrainProgress | None:
-    """The last train.progress event of a model job, if any."""
+    """The last train.progress event of a model job, if any (heard live, else from the stream)."""
     client = bus_client()
+    heard = client.live.last_progress(job_id)
+    if heard is not None:
+        return heard
     assert client.nc is not None
     subject = subjects.evt_job(job_id, "train.progress")
 
@@ -102,9 +111,11 @@ def last_train_progress(job_id: str) -> events.TrainProgress | None:
     except (nats.js.errors.NotFoundError, nats.errors.Error, TimeoutError):
         return None
     try:
-        return events.decode(msg.data, events.TrainProgress)
+        found = events.decode(msg.data, events.TrainProgress)
     except ValueError:
         return None
+    client.live.remember(job_id, found)
+    return found
 
 
 def progress(job: Job) -> float:
@@ -208,51 +219,68 @@ def job_url(job: Job) -> str:
     return f"/{job.type}s/{job.id}"
 
 
-def _groups(found: list[Job]) -> list[tuple[str, list[Job]]]:
+def _groups(found: Sequence[Job | JobSummary]) -> list[tuple[str, list[Job | JobSummary]]]:
     """Jobs by group name: the ungrouped ones first, then the groups alphabetically."""
-    groups: dict[str, list[Job]] = {}
+    groups: dict[str, list[Job | JobSummary]] = {}
     for job in found:
         groups.setdefault(job.group, []).append(job)
     return sorted(groups.items(), key=lambda item: (item[0] != "", item[0].lower()))
 
 
-def running_jobs(found: list[Job]) -> list[dict[str, Any]]:
+def running_jobs(active: Sequence[Job]) -> list[dict[str, Any]]:
     """The waiting and running jobs, with their progress and elapsed time."""
     return [
         {"job": j, "progress": progress(j), "elapsed": duration(j.created_at, None)}
-        for j in found
+        for j in active
         if j.status in ACTIVE
     ]
 
 
-def tab_context(tab: str, messages: list[tuple[str, str]] | None = None) -> dict[str, Any]:
-    """What the job list of ``tab`` shows."""
-    found = all_jobs()
-    names = {j.id: j.name for j in found if j.type == "dataset"}
+def page_number(text: str | None) -> int:
+    """The 1-based page a ``?page=`` asks for (1 when missing or not a positive number)."""
+    try:
+        return max(int(text or 1), 1)
+    except ValueError:
+        return 1
+
+
+def tab_context(
+    tab: str, messages: list[tuple[str, str]] | None = None, page: int = 1
+) -> dict[str, Any]:
+    """What the job list of ``tab`` shows: one page of it, newest first."""
     kind = "dataset" if tab == "datasets" else "model"
-    shown = [j for j in found if j.type == kind]
+    found = listing(kind, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+    pages = max(-(-found.total // PAGE_SIZE), 1)
+    if page > pages:  # past the end (jobs went away): show the last page
+        page = pages
+        found = listing(kind, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+    active = {j.id: j for j in found.active}
     rows = {
         j.id: {
-            "progress": progress(j) if j.status in ACTIVE else None,
-            "dataset": (j.depends_on[0], names.get(j.depends_on[0], j.depends_on[0]))
+            "progress": progress(active[j.id]) if j.id in active else None,
+            "dataset": (j.depends_on[0], found.names.get(j.depends_on[0], j.depends_on[0]))
             if j.depends_on
             else None,
         }
-        for j in shown
+        for j in found.jobs
     }
-    counts = {t: sum(j.type == t[:-1] for j in found) for t in TABS}
     return {
         "tab": tab,
-        "groups": _groups(shown),
+        "groups": _groups(found.jobs),
         "rows": rows,
-        "counts": counts,
-        "running": running_jobs(found),
+        "counts": {t: found.counts.get(t[:-1], 0) for t in TABS},
+        "page": page,
+        "pages": pages,
+        "page_size": PAGE_SIZE,
+        "total": found.total,
+        "running": running_jobs(found.active),
         "messages": messages or [],
         "status_name": status_name,
         "poll": POLL,
+        "revision": found.revision,
     }
 
 
-def render_tab(tab: str, messages: list[tuple[str, str]] | None = None) -> str:
+def render_tab(tab: str, messages: list[tuple[str, str]] | None = None, page: int = 1) -> str:
     """The job list partial of ``tab`` (with action messages, after a bulk action)."""
-    return render_template("home/_tab.html", **tab_context(tab, messages))
+    return render_template("home/_tab.html", **tab_context(tab, messages, page))

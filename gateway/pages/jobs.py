@@ -17,7 +17,15 @@ from digits.jobs import TERMINAL, Job, JobNotFound
 from gateway.auth import page_login_required
 from gateway.context import bus_client, job_store
 from gateway.pages.common import may_change, page
-from gateway.pages.jobdata import TABS, dependents, find_job, job_url, render_tab, status_name
+from gateway.pages.jobdata import (
+    TABS,
+    dependents,
+    find_job,
+    job_url,
+    page_number,
+    render_tab,
+    status_name,
+)
 from gateway.runtime import is_htmx
 from gateway.runtime import publish as publish_event
 
@@ -218,7 +226,7 @@ def bulk() -> ResponseReturnValue:
     else:
         messages = _bulk(action, job_ids)
     if is_htmx():
-        return render_tab(tab, messages), status
+        return render_tab(tab, messages, page_number(request.form.get("page"))), status
     for category, text in messages:
         flash(text, category)
     return redirect(f"/?tab={tab}", 303)
