@@ -29,6 +29,7 @@ from gateway.busclient import BusClient
 log = logging.getLogger(__name__)
 
 ADMIN = "admin"
+MAX_RECENT_USERS = 1024  # users whose record a gateway holds for session checks
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TOKEN_PREFIX = "dgt_"
 HASH_METHOD = "scrypt"
@@ -91,6 +92,7 @@ class Accounts:
         self.kv = kv
         # check_password_hash on an unknown user too, so timing does not reveal who exists.
         self._dummy_hash = generate_password_hash(secrets.token_hex(8), method=HASH_METHOD)
+        self._recent: dict[str, tuple[float, User | None]] = {}  # username -> (read at, user)
 
     @classmethod
     def open(cls, bus_client: BusClient) -> Accounts:
@@ -114,12 +116,19 @@ class Accounts:
         found = self.bus.call(self._get(_user_key(username)))
         return None if found is None else (_decode_user(found[0]), found[1])
 
-    def get(self, username: str) -> User | None:
-        """The user, or None."""
+    def get(self, username: str, max_age: float = 0.0) -> User | None:
+        """The user, or None; read at most ``max_age`` seconds ago is recent enough."""
         if not isinstance(username, str) or not USERNAME.match(username):
             return None
+        now = time.monotonic()
+        if max_age > 0 and (held := self._recent.get(username)) and now - held[0] <= max_age:
+            return held[1]
         found = self._read(username)
-        return None if found is None else found[0]
+        user = None if found is None else found[0]
+        if len(self._recent) >= MAX_RECENT_USERS:
+            self._recent.clear()
+        self._recent[username] = (now, user)
+        return user
 
     def _write(self, user: User, revision: int | None) -> bool:
         """Create (revision None) or CAS-update a user record; False on a conflict."""
@@ -131,6 +140,8 @@ class Accounts:
                 self.bus.call(self.kv.update(key, data, last=revision))
         except nats.js.errors.KeyWrongLastSequenceError:
             return False
+        finally:
+            self._recent.pop(user.username, None)  # a session of this gateway sees it at once
         return True
 
     # --- users -------------------------------------------------------------------------------

@@ -62,12 +62,15 @@ def authenticate() -> User | ResponseReturnValue:
     return user
 
 
+SESSION_CHECK_S = 1.0  # a session's account is read again at most this often (per gateway)
+
+
 def session_user() -> User | None:
     """The logged-in user of this session, if still a valid account."""
     username = session.get("user")
     if not isinstance(username, str):
         return None
-    user = accounts_of().get(username)
+    user = accounts_of().get(username, max_age=SESSION_CHECK_S)
     # A changed password ends the sessions started with the old one.
     if user is None or session.get("pw") != user.password_hash[-12:]:
         return None

@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import msgspec
@@ -120,6 +120,19 @@ class BusClient:
         assert self.jobs is not None
         found = self.list_jobs()
         return [j for j in found if job_id in j.depends_on]
+
+    def pick(
+        self, kind: str, where: Callable[[Any], bool], limit: int
+    ) -> tuple[list[JobSummary] | list[Job], int]:
+        """The newest ``limit`` jobs of type ``kind`` passing ``where``, and how many pass."""
+        assert self.jobs is not None
+        found = None
+        if self.job_cache is not None:
+            found = self.call(self.job_cache.pick(kind, where, limit))
+        if found is not None:
+            return found
+        passing = [j for j in self.call(self.jobs.list(), 60) if j.type == kind and where(j)]
+        return passing[:limit], len(passing)
 
     def get_job(self, job_id: str) -> Job:
         """The job's record (JobNotFound): from the watched cache, else read from the bucket."""

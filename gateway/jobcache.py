@@ -19,7 +19,9 @@ import bisect
 import contextlib
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 import nats.js.errors
@@ -31,6 +33,12 @@ log = logging.getLogger(__name__)
 
 ACTIVE = (WAITING, RUNNING)
 MAX_RECORDS = 512  # full records kept beyond the active ones
+
+
+class SummaryExtra(msgspec.Struct, kw_only=True):
+    """Of a job's ``extra``, what the lists show: a model's snapshot epochs."""
+
+    snapshots: list[Any] = msgspec.field(default_factory=list)
 
 
 class JobSummary(msgspec.Struct, kw_only=True):
@@ -46,6 +54,7 @@ class JobSummary(msgspec.Struct, kw_only=True):
     created_at: float = 0.0
     depends_on: list[str] = msgspec.field(default_factory=list)
     error: str = ""
+    extra: SummaryExtra = msgspec.field(default_factory=SummaryExtra)
     revision: int = 0  # the bucket sequence of the record this summary was read from
 
     @property
@@ -255,6 +264,20 @@ class JobCache:
             self._records[job_id] = job
             self._trim()
         return job
+
+    async def pick(
+        self, kind: str, where: Callable[[JobSummary], bool], limit: int, timeout: float = 2.0
+    ) -> tuple[list[JobSummary], int] | None:
+        """The newest ``limit`` jobs of type ``kind`` that pass ``where``, and how many pass."""
+        if not await self.fresh(timeout):
+            return None
+        found, passing = [], 0
+        for _, job_id in self._index.get(kind, []):
+            if where(summary := self.summaries[job_id]):
+                passing += 1
+                if len(found) < limit:
+                    found.append(summary)
+        return found, passing
 
     def revision_of(self, job_id: str) -> int | None:
         """The bucket sequence of the job's record as held now (None: not held)."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import secrets
+from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, make_response, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
@@ -17,6 +20,26 @@ from gateway.forms import FormErrors
 def is_htmx() -> bool:
     """Whether htmx sent this request (it then gets the fragment, not the whole page)."""
     return request.headers.get("HX-Request") == "true"
+
+
+BOOT = secrets.token_hex(4)  # in every ETag: another process (or a restart) never matches
+
+
+def conditional(parts: tuple[Any, ...], render: Callable[[], ResponseReturnValue]) -> Response:
+    """``render()``'s response with an ETag made of ``parts``, or 304 if the client has it.
+
+    ``parts`` name everything the response shows (a job's revision, its events heard, the
+    user); a request whose If-None-Match holds the same tag gets 304 Not Modified without
+    rendering. A malformed If-None-Match matches nothing, so it gets the whole response.
+    """
+    digest = hashlib.blake2b(repr((BOOT, *parts)).encode(), digest_size=9).hexdigest()
+    headers = {"ETag": f'"{digest}"', "Cache-Control": "private, no-cache"}
+    if request.if_none_match.contains_weak(digest):
+        return Response(status=304, headers=headers)
+    response = make_response(render())
+    if response.status_code == 200:
+        response.headers.update(headers)
+    return response
 
 
 def publish(event: events.Event) -> None:

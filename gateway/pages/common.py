@@ -8,11 +8,15 @@ the job store ``gateway.context``'s.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from typing import Any
 from urllib.parse import urlsplit
 
 from flask import abort, current_app, g, render_template, request, url_for
 from flask.typing import ResponseReturnValue
+from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
 from digits import events
@@ -25,6 +29,41 @@ from gateway.runtime import is_htmx
 def page(template: str, partial: str, **context: Any) -> str:
     """The whole page for a browser; the ``partial`` template alone for an htmx request."""
     return render_template(partial if is_htmx() else template, **context)
+
+
+class Fragments:
+    """Rendered HTML by key, the most recent ``size`` kept: a part of a page that many users see
+    alike, keyed by the revision of what it shows, is rendered once per change."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self.rendered = 0  # renders, for tests
+        self._html: OrderedDict[Hashable, Markup] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, render: Callable[[], str]) -> Markup:
+        """The HTML for ``key``, rendered by ``render`` when not held."""
+        with self._lock:
+            html = self._html.get(key)
+            if html is not None:
+                self._html.move_to_end(key)
+                return html
+        html = Markup(render())  # noqa: S704 - a template's own output
+        with self._lock:
+            self.rendered += 1
+            self._html[key] = html
+            while len(self._html) > self.size:
+                self._html.popitem(last=False)
+        return html
+
+
+def fragments(name: str, size: int = 64) -> Fragments:
+    """This app's fragment cache called ``name`` (revisions are per bus, so caches per app)."""
+    held = current_app.extensions.setdefault("digits.fragments", {})
+    found = held.get(name)
+    if found is None:
+        found = held.setdefault(name, Fragments(size))
+    return found
 
 
 def safe_next(target: str | None) -> str:

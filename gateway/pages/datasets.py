@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from flask import (
@@ -38,9 +39,10 @@ from gateway.pages.jobdata import (
     manifest_of,
     open_dataset,
     read_dataset_file,
+    record_digest,
     status_name,
 )
-from gateway.runtime import is_htmx, publish
+from gateway.runtime import conditional, is_htmx, publish
 from gateway.runtime import sealed as _sealed
 
 bp = Blueprint("datasets", __name__)
@@ -262,7 +264,13 @@ def status(job_id: str) -> ResponseReturnValue:
     """The status region: it polls itself until the job has finished."""
     if not is_htmx():
         return show(job_id)
-    return render_template("datasets/_status.html", **_status_context(_dataset(job_id)))
+    job = _dataset(job_id)
+    # Running stages show how long they took so far: while active, the second is part of it.
+    ticking = 0 if is_finished(job) else int(time.time())
+    parts = (g.user.username, record_digest(job), ticking)
+    return conditional(
+        parts, lambda: render_template("datasets/_status.html", **_status_context(job))
+    )
 
 
 # --- explore, mean image, resize preview --------------------------------------------------

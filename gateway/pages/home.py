@@ -8,14 +8,12 @@ from flask.typing import ResponseReturnValue
 from gateway.auth import page_login_required
 from gateway.pages.common import page
 from gateway.pages.jobdata import (
-    POLL,
     TABS,
     job_time,
     job_url,
     listing,
     page_number,
-    running_jobs,
-    status_name,
+    running_panel,
     tab_context,
 )
 from gateway.runtime import is_htmx
@@ -39,12 +37,11 @@ def index() -> ResponseReturnValue:
 @page_login_required
 def running() -> ResponseReturnValue:
     """The running jobs partial; it polls itself while a job runs, and says when the set changed."""
-    active = running_jobs(listing("dataset", 0, 0).active)
-    context = {"running": active, "poll": POLL, "status_name": status_name}
+    found = listing("dataset", 0, 0)
+    panel = running_panel(found.active, found.revision)
     if not is_htmx():
-        return page("home/running.html", "home/_running.html", **context)
-    html = render_template("home/_running.html", **context)
+        return render_template("home/running.html", running_panel=panel)
     shown = {i for i in request.args.get("shown", "").split(",") if i}
-    now = {r["job"].id for r in active}
+    now = {j.id for j in found.active}
     headers = {"HX-Trigger": "digits-jobs-changed"} if shown != now else {}
-    return html, 200, headers
+    return panel, 200, headers

@@ -3,6 +3,7 @@ durations, dataset files in the store."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -10,9 +11,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from flask import abort, current_app, render_template
+from markupsafe import Markup
 
 from digits import events, subjects
 from digits.dataset import MANIFEST, Manifest
@@ -29,7 +32,9 @@ from digits.jobs import (
 from digits.store import StoreError, open_store
 from gateway.context import bus_client, job_store, pending
 from gateway.jobcache import JobSummary, Listing
+from gateway.pages.common import fragments
 
+_encode = msgspec.msgpack.Encoder().encode
 POLL = "load delay:500ms"  # self-polling partials: a change shows within about half a second
 TABS = ("datasets", "models")  # the home page's job lists
 ACTIVE = (WAITING, RUNNING)
@@ -87,6 +92,11 @@ def dependents(job_id: str) -> list[Job] | list[JobSummary]:
     """The jobs that use ``job_id`` (models trained on a dataset)."""
     job_store()  # 503 while not connected
     return bus_client().dependents(job_id)
+
+
+def record_digest(job: Job) -> str:
+    """A digest of the job's record as read: it changes with every revision of the record."""
+    return hashlib.blake2b(_encode(job), digest_size=9).hexdigest()
 
 
 def is_finished(job: Job) -> bool:
@@ -236,6 +246,18 @@ def running_jobs(active: Sequence[Job]) -> list[dict[str, Any]]:
     ]
 
 
+def running_panel(active: Sequence[Job], revision: int) -> Markup:
+    """The running jobs panel, rendered once per change, progress event or second (elapsed)."""
+    # The panel changes with the jobs, their progress events, and every second (elapsed).
+    key = (revision, bus_client().live.heard, int(time.time()))
+    return fragments("running", 4).get(
+        key,
+        lambda: render_template(
+            "home/_running.html", running=running_jobs(active), poll=POLL, status_name=status_name
+        ),
+    )
+
+
 def page_number(text: str | None) -> int:
     """The 1-based page a ``?page=`` asks for (1 when missing or not a positive number)."""
     try:
@@ -264,16 +286,28 @@ def tab_context(
         }
         for j in found.jobs
     }
+    client = bus_client()
+    live = client.live.heard if active.keys() & rows.keys() else 0  # progress bars move
+    key = (tab, page, found.revision, live)  # the table shows the jobs as of this revision
+    table = fragments("job-tables").get(
+        key,
+        lambda: render_template(
+            "home/_jobs.html",
+            tab=tab,
+            groups=_groups(found.jobs),
+            rows=rows,
+            status_name=status_name,
+        ),
+    )
     return {
         "tab": tab,
-        "groups": _groups(found.jobs),
-        "rows": rows,
+        "table": table,
         "counts": {t: found.counts.get(t[:-1], 0) for t in TABS},
         "page": page,
         "pages": pages,
         "page_size": PAGE_SIZE,
         "total": found.total,
-        "running": running_jobs(found.active),
+        "running_panel": running_panel(found.active, found.revision),
         "messages": messages or [],
         "status_name": status_name,
         "poll": POLL,

@@ -18,8 +18,8 @@ from gateway.context import bus_client, job_store
 from gateway.forms import LR_POLICIES, MEANS, NETWORKS, SOLVERS, FormErrors, redacted
 from gateway.pages import generic_forms
 from gateway.pages.common import may_change, page
-from gateway.pages.jobdata import find_model, model_or_404
-from gateway.runtime import is_htmx
+from gateway.pages.jobdata import find_model, last_train_progress, model_or_404, record_digest
+from gateway.runtime import conditional, is_htmx
 
 bp = Blueprint("models", __name__)
 
@@ -68,25 +68,48 @@ def model_time(stamp: float) -> str:
     return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _jobs() -> list[Job]:
-    return bus_client().call(job_store().list())
+PICKER_LIMIT = 200  # datasets (and models) a New Model picker lists, newest first
+
+
+def _snapshots(job: Any) -> list[Any]:
+    extra = job.extra
+    return list((extra.get("snapshots") if isinstance(extra, dict) else extra.snapshots) or [])
+
+
+def _with_chosen(found: list[Any], chosen: str, kind: str) -> list[Any]:
+    """The picker's jobs, with the chosen one added when it is older than those listed."""
+    if not chosen or any(j.id == chosen for j in found):
+        return found
+    try:
+        job = bus_client().get_job(chosen)
+    except JobNotFound:
+        return found
+    return [*found, job] if job.type == kind else found
 
 
 def _form_context(generic: bool, values: dict[str, Any], errors: dict[str, list[str]]) -> dict:
-    """What the New Model form needs: the datasets and models to pick from, values, errors."""
-    everything = _jobs()
-    datasets = [
-        j
-        for j in everything
-        if j.type == "dataset" and generic != model_submit.is_classification(j)
-    ]
-    models = [j for j in everything if j.type == "model" and j.extra.get("snapshots")]
+    """What the New Model form needs: the datasets and models to pick from, values, errors.
+
+    The pickers list the newest PICKER_LIMIT of each (and the chosen ones), so the form costs
+    the same with 10,000 jobs; an older one can still be cloned from or named by id in the API.
+    """
+    job_store()  # 503 while not connected
+    client = bus_client()
+    datasets, dataset_count = client.pick(
+        "dataset", lambda j: generic != model_submit.is_classification(j), PICKER_LIMIT
+    )
+    models, model_count = client.pick("model", lambda j: bool(_snapshots(j)), PICKER_LIMIT)
+    merged = {**DEFAULTS, **values}
+    datasets = _with_chosen(list(datasets), str(merged.get("dataset") or ""), "dataset")
+    models = _with_chosen(list(models), str(merged.get("previous_networks") or ""), "model")
     action = url_for("models.create_generic" if generic else "models.create_classification")
     return {
         "generic": generic,
         "datasets": datasets,
         "models": models,
-        "values": {**DEFAULTS, **values},
+        "dataset_count": dataset_count,
+        "model_count": model_count,
+        "values": merged,
         "errors": errors,
         "action": action,
         "choices": CHOICES,
@@ -214,9 +237,7 @@ def lr_preview() -> ResponseReturnValue:
 
 
 def _status_context(job: Job, pending: bool) -> dict[str, Any]:
-    client = bus_client()
-    assert client.nc is not None
-    last = None if pending else client.call(model_progress.last(client.nc.jetstream(), job.id))
+    last = None if pending else last_train_progress(job.id)
     epochs = float(job.form.get("train_epochs") or DEFAULTS["train_epochs"])
     epoch = last.epoch if last else 0.0
     done = job.status in TERMINAL
@@ -234,6 +255,7 @@ def _status_context(job: Job, pending: bool) -> dict[str, Any]:
             (job.extension or model_submit.CLASSIFICATION) != model_submit.CLASSIFICATION
         ],
         "status_names": STATUS_NAMES,
+        "last": last,
     }
 
 
@@ -247,7 +269,7 @@ def show(job_id: str) -> ResponseReturnValue:
     dataset = None
     if job.depends_on:
         try:
-            dataset = bus_client().call(job_store().get(job.depends_on[0]))
+            dataset = bus_client().get_job(job.depends_on[0])
         except JobNotFound:
             dataset = None
     context = _status_context(job, pending)
@@ -272,8 +294,13 @@ def status(job_id: str) -> ResponseReturnValue:
     if job is None:
         abort(404, description=f"no model with id {job_id!r}")
     context = _status_context(job, pending)
+    last = context["last"]
+    parts = (g.user.username, record_digest(job), pending, last and last.event_id, is_htmx())
     # The last poll (the job just ended) also refreshes the snapshot menus, out of band.
-    return page("models/status.html", "models/_status.html", oob=is_htmx(), **context)
+    return conditional(
+        parts,
+        lambda: page("models/status.html", "models/_status.html", oob=is_htmx(), **context),
+    )
 
 
 @bp.get("/models/<job_id>/progress.json")
