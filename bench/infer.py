@@ -10,7 +10,8 @@ own ``ModelCache`` (so preprocessing is identical):
 
 * single-image latency: sequential ``digits.v1.rpc.infer.classify`` requests against
   ``LoadedModel.preprocess`` + ``predict`` per image (p50, p99, mean ms; overhead and ratio);
-* concurrent throughput: 16 asyncio requesters against ``predict_on_batch`` in batches of 32;
+* concurrent throughput: 16, then 64, asyncio requesters against ``predict_on_batch`` in batches
+  of 32 (a busy reply is counted and asked again);
 * batch throughput: ``digits.v1.rpc.infer.many`` over a folder against an in-process loop
   over the same files in batches of 64 (read, preprocess, predict, top-k);
 
@@ -71,10 +72,10 @@ DS, MODEL = "20260101-000000-da7a", "20260101-000001-m0de"
 EPOCH = 1.0
 TRAIN_SAMPLES = 320  # ten steps of 32: accuracy does not matter here
 TOP_K = 5
-CLIENTS = 16  # concurrent requesters (the responder answers up to 16 at once)
+CLIENTS = (16, 64)  # concurrent requesters, one case each
 DIRECT_BATCH = 32  # as many as the service's Batcher puts in one batch
 MANY_BATCH = 64  # ClassifyMany's default batch_size
-BATCH_MAX, BATCH_DELAY_S = 32, 0.005  # the service's Batcher, as view_service/__main__.py builds it
+BATCH_MAX, BATCH_DELAY_S = 32, 0.002  # the service's Batcher, as view_service/__main__.py builds it
 REQUEST_TIMEOUT_S = 30.0
 MANY_TIMEOUT_S = 300.0
 WARMUP = 20
@@ -194,16 +195,36 @@ async def record_jobs(store: JobStore) -> None:
 # --- the service -----------------------------------------------------------------------------
 
 
+def worker_ports(service: Service) -> list[int]:
+    """The health ports of the view service's worker processes (its /healthz lists them)."""
+    body = json.loads(service.get("/healthz") or b"{}")
+    return [int(w["health_port"]) for w in body.get("workers", [])]
+
+
 def handler_seconds(service: Service, subject: str) -> tuple[float, float]:
-    """The service's own handler-latency histogram for ``subject``: (sum seconds, count)."""
-    text = (service.get("/metrics") or b"").decode()
+    """The view processes' own handler-latency histograms for ``subject``: (sum seconds, count)."""
     found = {"sum": 0.0, "count": 0.0}
-    for kind in found:
-        pattern = rf'^digits_handler_seconds_{kind}\{{[^}}]*consumer="{re.escape(subject)}"'
-        for line in text.splitlines():
-            if re.match(pattern, line):
-                found[kind] = float(line.rsplit(None, 1)[1])
+    for port in [service.port, *worker_ports(service)]:
+        text = (Service(service.child, port).get("/metrics") or b"").decode()
+        for kind in found:
+            pattern = rf'^digits_handler_seconds_{kind}\{{[^}}]*consumer="{re.escape(subject)}"'
+            for line in text.splitlines():
+                if re.match(pattern, line):
+                    found[kind] += float(line.rsplit(None, 1)[1])
     return found["sum"], found["count"]
+
+
+def view_memory(service: Service) -> dict[str, Any]:
+    """The resident memory of the view service's processes (the parent and its workers)."""
+    import psutil
+
+    parent = psutil.Process(service.proc.pid)
+    rss = [p.memory_info().rss for p in [parent, *parent.children(recursive=True)]]
+    return {
+        "processes": len(rss),
+        "rss_mb": round(sum(rss) / 2**20, 1),
+        "rss_mb_each": [round(r / 2**20, 1) for r in rss],
+    }
 
 
 # --- measurements ----------------------------------------------------------------------------
@@ -332,24 +353,32 @@ class Bench:
         }
 
     async def concurrent_service(
-        self, images: list[bytes], count: int
-    ) -> tuple[float, list[float]]:
-        """``count`` requests from CLIENTS requesters at once: images/s and each latency (ms)."""
-        served = 0
+        self, images: list[bytes], count: int, clients: int
+    ) -> tuple[float, list[float], int]:
+        """``count`` requests from ``clients`` requesters at once: images/s, each latency (ms),
+        and how many got a busy reply (they are asked again)."""
+        served = busy = 0
         ms: list[float] = []
 
         async def client() -> None:
-            nonlocal served
+            nonlocal served, busy
             while served < count:
                 image = images[served % len(images)]
                 served += 1
                 timer = Timer()
-                await self.classify(image)
+                try:
+                    await self.classify(image)
+                except RuntimeError as exc:
+                    if "busy" not in str(exc):
+                        raise
+                    busy += 1
+                    served -= 1
+                    continue
                 ms.append(timer.ms)
 
         timer = Timer()
-        await asyncio.gather(*(client() for _ in range(CLIENTS)))
-        return count / timer.seconds, ms
+        await asyncio.gather(*(client() for _ in range(clients)))
+        return count / timer.seconds, ms, busy
 
     def concurrent_direct(self, images: list[bytes], count: int) -> tuple[float, float]:
         """In-process batches of DIRECT_BATCH: images/s with preprocessing, and predict alone."""
@@ -366,26 +395,31 @@ class Bench:
             done += n
         return count / timer.seconds, count / predict_s
 
-    async def concurrent(self, images: list[bytes], count: int, rounds: int) -> dict[str, Any]:
+    async def concurrent(
+        self, images: list[bytes], count: int, rounds: int, clients: int
+    ) -> dict[str, Any]:
         """Concurrent single-image requests against in-process batches of 32."""
-        await self.concurrent_service(images, min(count, 4 * CLIENTS))  # warm
+        await self.concurrent_service(images, min(count, 4 * clients), clients)  # warm
         rates: dict[str, list[float]] = {"service": [], "direct": [], "predict": []}
         lat: list[float] = []
+        busy = 0
         for _ in range(rounds):
-            rate, ms = await self.concurrent_service(images, count)
+            rate, ms, refused = await self.concurrent_service(images, count, clients)
             rates["service"].append(rate)
             lat += ms
+            busy += refused
             direct_rate, predict_rate = self.concurrent_direct(images, count)
             rates["direct"].append(direct_rate)
             rates["predict"].append(predict_rate)
             say(
-                f"concurrent {CLIENTS} clients: service {rate:8.1f} img/s  |  direct batch "
+                f"concurrent {clients} clients: service {rate:8.1f} img/s  |  direct batch "
                 f"{DIRECT_BATCH} {direct_rate:8.1f} img/s (predict alone {predict_rate:8.1f})"
             )
         service, direct = statistics.median(rates["service"]), statistics.median(rates["direct"])
         return {
-            "clients": CLIENTS,
+            "clients": clients,
             "requests": count,
+            "busy_replies": busy,
             **versus(service, direct, "service_img_s", "direct_batch32_img_s"),
             "direct_batch32_predict_only_img_s": round(statistics.median(rates["predict"]), 1),
             "service_ms": summary(lat),
@@ -454,7 +488,7 @@ class Sizes:
     rounds: int  # turns each side takes
 
 
-async def run(sizes: Sizes) -> dict[str, Any]:
+async def run(sizes: Sizes, procs: int) -> dict[str, Any]:
     """Start everything, measure, stop everything, return the figures."""
     with Stack("digits-bench-infer-") as stack:
         world = World(stack.root)
@@ -473,6 +507,7 @@ async def run(sizes: Sizes) -> dict[str, Any]:
                 DIGITS_DATA_ROOTS=str(world.images.parent),
                 DIGITS_DATA_DIR=str(world.root / "service"),
                 TF_CPP_MIN_LOG_LEVEL="2",
+                DIGITS_VIEW_PROCS=str(procs),
             )
             timer = Timer()
             rng = np.random.default_rng(7)
@@ -497,13 +532,21 @@ async def run(sizes: Sizes) -> dict[str, Any]:
             say(f"service ready; first request (model load) {timer.seconds:.1f} s")
             singles = [pngs[i % len(pngs)] for i in range(sizes.single)]
             single = await bench.single(singles, sizes.rounds)
-            concurrent = await bench.concurrent(pngs, sizes.concurrent, sizes.rounds)
+            concurrent = {
+                f"concurrent{n}": await bench.concurrent(pngs, sizes.concurrent, sizes.rounds, n)
+                for n in CLIENTS
+            }
             many = await bench.many(world, sizes.rounds)
+            memory = view_memory(service)
+            say(f"view service: {memory['processes']} processes, RSS {memory['rss_mb']} MiB")
     return {
         "bench": "infer",
         "single": single,
-        "concurrent": concurrent,
+        "concurrent": concurrent["concurrent16"],
+        "concurrent64": concurrent["concurrent64"],
         "many": many,
+        "view_memory": memory,
+        "view_procs": procs,
         "service_batcher": {"max_batch": BATCH_MAX, "max_delay_s": BATCH_DELAY_S},
         "sizes": {"single": sizes.single, "concurrent": sizes.concurrent, "rounds": sizes.rounds},
         "machine": machine(
@@ -515,6 +558,9 @@ async def run(sizes: Sizes) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the benchmark, print the JSON line."""
     parser = arguments(__doc__, "fewer requests, under a minute")
+    parser.add_argument(
+        "--procs", type=int, default=0, help="DIGITS_VIEW_PROCS of the service (0: one per core)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         sizes = Sizes(single=200, concurrent=512, many=500, rounds=2)
@@ -522,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = Sizes(single=600, concurrent=2048, many=2000, rounds=3)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     timer = start()
-    return finish(asyncio.run(run(sizes)), timer)
+    return finish(asyncio.run(run(sizes, args.procs or os.cpu_count() or 1)), timer)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ class Settings:
     shard_size: int = 1000
     watch_batch: int = 100
     model_cache_mb: int = 2048
+    view_procs: int = 0  # responder processes of a view service; 0: one per core
+    view_queue: int = 128  # requests a view process holds beyond those it runs; more: "busy"
     train_cache_mb: int = 1024  # decoded training samples kept in memory per job; 0: stream
     hardware_s: float = 5.0
     watch_interval_s: float = 5.0
@@ -97,6 +99,8 @@ class Settings:
         ints["shard_size"] = (1, 1_000_000)
         ints["watch_batch"] = (1, 100_000)
         ints["model_cache_mb"] = (16, 1 << 20)
+        ints["view_procs"] = (0, 256)
+        ints["view_queue"] = (0, 100_000)
         ints["train_cache_mb"] = (0, 1 << 20)
         for name, (lo, hi) in ints.items():
             var = f"DIGITS_{name.upper()}"
@@ -149,6 +153,8 @@ class Settings:
             "DIGITS_SHARD_SIZE": str(self.shard_size),
             "DIGITS_WATCH_BATCH": str(self.watch_batch),
             "DIGITS_MODEL_CACHE_MB": str(self.model_cache_mb),
+            "DIGITS_VIEW_PROCS": str(self.view_procs),
+            "DIGITS_VIEW_QUEUE": str(self.view_queue),
             "DIGITS_TRAIN_CACHE_MB": str(self.train_cache_mb),
             "DIGITS_HARDWARE_S": str(self.hardware_s),
             "DIGITS_WATCH_INTERVAL_S": str(self.watch_interval_s),

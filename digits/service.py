@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -48,6 +49,7 @@ class ServiceRuntime:
         self.kv: dict[str, KeyValue] = {}
         self.jobs: JobStore | None = None
         self.health_port: int | None = None
+        self.health: dict[str, Callable[[], object]] = {}  # more /healthz fields, by name
         self._workers: list[bus.Worker] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stack = AsyncExitStack()
@@ -99,25 +101,61 @@ class ServiceRuntime:
         return worker
 
     async def add_responder(
-        self, subject: str, queue: str, respond: Responder, concurrency: int = 16
+        self,
+        subject: str,
+        queue: str,
+        respond: Responder,
+        concurrency: int = 16,
+        *,
+        waiting: int | None = None,
+        bound: str = "",
     ) -> None:
-        """Answer core-NATS requests on ``subject`` in queue group ``queue``, several at once."""
+        """Answer core-NATS requests on ``subject`` in queue group ``queue``, several at once.
+
+        Up to ``concurrency`` requests run at once and ``waiting`` more wait their turn (None:
+        no bound); beyond that a request gets an immediate ``busy`` error reply, which names
+        ``bound`` (the setting of the limit), so memory stays bounded under any flood.
+        """
         assert self.nc is not None, "start() first"
         labels = (self.name, subject)
-        limit = asyncio.Semaphore(concurrency)
         running: set[asyncio.Task[None]] = set()
+        queued: collections.deque[Msg] = collections.deque()
+        setting = f" ({bound})" if bound else ""
+
+        def run(msg: Msg) -> None:
+            task = asyncio.ensure_future(answer(msg))
+            running.add(task)
+            task.add_done_callback(finished)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            while queued and len(running) < concurrency:
+                run(queued.popleft())
 
         async def on_request(msg: Msg) -> None:
             # nats-py awaits a subscription's callbacks one by one: hand each request to a task,
             # so a long request does not hold up the quick ones (and concurrent ones can batch).
-            await limit.acquire()
-            task = asyncio.ensure_future(answer(msg))
-            running.add(task)
-            task.add_done_callback(lambda t: (running.discard(t), limit.release()))
+            # Nothing here waits, so a flood is answered (or refused) as fast as it comes.
+            if len(running) < concurrency:
+                run(msg)
+            elif waiting is None or len(queued) < waiting:
+                queued.append(msg)
+            else:
+                self.metrics.failed.labels(*labels, "busy").inc()
+                if msg.reply:
+                    text = (
+                        f"busy: {len(running)} requests running and {len(queued)} waiting, "
+                        f"the most this {self.name} process holds{setting}; try again later"
+                    )
+                    reply = msgspec.msgpack.encode({"ok": False, "error": text, "busy": True})
+                    with contextlib.suppress(nats.errors.Error):
+                        await msg.respond(reply)
 
         async def drain() -> None:
-            if running:
-                await asyncio.wait(running, timeout=20)
+            while running:  # the waiting ones start as the running ones finish
+                done, _ = await asyncio.wait(set(running), timeout=20)
+                if not done:
+                    return
 
         async def answer(msg: Msg) -> None:
             self.metrics.in_flight.labels(*labels).inc()
@@ -216,13 +254,14 @@ class ServiceRuntime:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         connected = bool(self.nc and self.nc.is_connected)
-        body = {
+        body: dict[str, object] = {
             "service": self.name,
             "instance": self.instance,
             "nats": "connected" if connected else "disconnected",
             "status": "ok" if connected and not self.stop.is_set() else "degraded",
             "uptime_s": round(time.time() - self.started_at, 1),
         }
+        body.update({name: field() for name, field in self.health.items()})
         return web.json_response(body, status=200 if body["status"] == "ok" else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:

@@ -21,7 +21,7 @@ class Child:
     name: str
     argv: list[str]
     env: dict[str, str]
-    log_path: Path
+    log_path: Path | None  # None: the child writes where this process does
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = 0.0
@@ -29,12 +29,15 @@ class Child:
     backoff: float = field(default=1.0)
 
     def start(self) -> None:
-        """Start the process, its output appended to its log file."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT
-            )
+        """Start the process, its output appended to its log file (if it has one)."""
+        if self.log_path is None:
+            self.proc = subprocess.Popen(self.argv, env=self.env)
+        else:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "ab") as out:
+                self.proc = subprocess.Popen(
+                    self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT
+                )
         self.started_at = time.monotonic()
         log.info("started %s (pid %d)", self.name, self.proc.pid)
 
@@ -52,7 +55,7 @@ class Supervisor:
         self.max_backoff = max_backoff
         self.stable_after = stable_after
 
-    def add(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> Child:
+    def add(self, name: str, argv: list[str], env: dict[str, str], log_path: Path | None) -> Child:
         """Add and start a child."""
         child = Child(name, argv, env, log_path)
         child.start()

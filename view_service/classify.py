@@ -146,13 +146,21 @@ async def classify_one(deps: Deps, req: ClassifyOne) -> ClassifyOneReply:
     """Classify one image (batched with concurrent requests for the same snapshot)."""
     if len(req.image) > MAX_IMAGE_BYTES:
         raise InferenceError(f"image of {len(req.image)} bytes exceeds {MAX_IMAGE_BYTES} bytes")
-    with deps.batcher.expecting():
+    # The snapshot held for this request probably answers it: predict while its record is read
+    # (the lookup still decides, and a guess it overrules is predicted again).
+    guess = deps.cache.peek(req.job_id, req.epoch)
+    early = guess and asyncio.ensure_future(deps.batcher.predict(guess, req.image))
+    try:
         model = await deps.cache.get(req.job_id, req.epoch)
         try:
-            x = await asyncio.to_thread(model.preprocess, req.image)
+            probs = await (early if model is guess else deps.batcher.predict(model, req.image))
         except ImageError as exc:
             raise InferenceError(f"image: {exc}") from None
-    probs = await deps.batcher.predict(model, x, counted=True)
+    finally:
+        if early and not early.done():
+            early.cancel()  # overruled, or the lookup failed
+        elif early and not early.cancelled():
+            early.exception()  # retrieved, whatever became of it
     preds = _top(model, probs, req.top_k)
     return ClassifyOneReply(job_id=model.job_id, epoch=model.epoch, predictions=preds)
 

@@ -6,7 +6,6 @@ Keras is imported here only, and lazily (the first model load brings it in).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import logging
@@ -14,10 +13,13 @@ import math
 import os
 import tempfile
 import uuid
+import weakref
 import zlib
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ import numpy as np
 from digits.jobs import Job, JobNotFound, JobStore
 from digits.models.layout import DEFAULT_SCALE, INFO, LABELS, model_key, snapshot_key, snapshot_name
 from digits.store import NotFoundError, Store
-from digits.utils.image import RESIZE_MODES, load_image, resize_image
+from digits.utils.image import RESIZE_MODES, ImageError, load_image, resize_image
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +213,7 @@ class ModelCache:
         self.cache_dir = Path(cache_dir)
         self._models: OrderedDict[tuple[str, float], LoadedModel] = OrderedDict()
         self._loading: dict[tuple[str, float], asyncio.Future[LoadedModel]] = {}
+        self._reading: dict[str, asyncio.Future[Job]] = {}  # job records being read, by id
         self.loads = 0  # snapshots loaded from the store
 
     def __len__(self) -> int:
@@ -224,10 +227,27 @@ class ModelCache:
         """The estimated memory of the models held."""
         return sum(m.nbytes for m in self._models.values())
 
+    def peek(self, job_id: str, epoch: float = -1) -> LoadedModel | None:
+        """The loaded snapshot a request probably means (-1: the newest held), without a lookup."""
+        epochs = [e for j, e in self._models if j == job_id]
+        if epoch >= 0:
+            found = _match(float(epoch), epochs)
+            return None if found is None else self._models[(job_id, found)]
+        return self._models[(job_id, max(epochs))] if epochs else None
+
     async def resolve(self, job_id: str, epoch: float = -1) -> tuple[Job, float]:
-        """The model job and the snapshot epoch a request means (-1: the latest)."""
+        """The model job and the snapshot epoch a request means (-1: the latest).
+
+        Concurrent requests for one job share one read of its record: a request may see the
+        record as it was when the read in flight began (at most a round trip ago).
+        """
+        future = self._reading.get(job_id)
+        if future is None:
+            future = asyncio.ensure_future(self.jobs.get(job_id))
+            self._reading[job_id] = future
+            future.add_done_callback(partial(self._read, job_id))
         try:
-            job = await self.jobs.get(job_id)
+            job = await asyncio.shield(future)
         except JobNotFound:
             raise InferenceError(f"no job with id {job_id!r}") from None
         if job.type != "model":
@@ -259,6 +279,12 @@ class ModelCache:
             self._loading[key] = future
             future.add_done_callback(lambda f: self._loaded(key, f))
         return await asyncio.shield(future)
+
+    def _read(self, job_id: str, future: asyncio.Future[Job]) -> None:
+        if self._reading.get(job_id) is future:
+            del self._reading[job_id]
+        if not future.cancelled():
+            future.exception()  # retrieved, even when every reader has gone
 
     def _loaded(self, key: tuple[str, float], future: asyncio.Future[LoadedModel]) -> None:
         self._loading.pop(key, None)
@@ -353,77 +379,133 @@ class ModelCache:
         return model
 
 
-class Batcher:
-    """Merges concurrent single predictions for one model into batches of up to ``max_batch``."""
+Input = np.ndarray | bytes  # a preprocessed input, or an encoded image to preprocess in the batch
 
-    def __init__(self, *, max_batch: int = 32, max_delay: float = 0.005, max_running: int = 2):
+
+def _prepare(model: LoadedModel, inputs: list[Input]) -> tuple[list[Exception | None], np.ndarray]:
+    """Decode and preprocess the encoded inputs, predict the good ones (blocking, in a thread)."""
+    xs: list[np.ndarray] = []
+    errors: list[Exception | None] = []
+    for x in inputs:
+        try:
+            xs.append(x if isinstance(x, np.ndarray) else model.preprocess(x))
+            errors.append(None)
+        except (ImageError, ValueError) as exc:  # this input's own fault: its request's reply
+            errors.append(exc)
+    return errors, model.predict(np.stack(xs)) if xs else np.zeros((0, 0), np.float32)
+
+
+class Batcher:
+    """Merges concurrent single predictions for one model into batches of up to ``max_batch``.
+
+    An input may be an encoded image: it is decoded and preprocessed in the batch's thread, with
+    the batch's prediction, so a request costs no thread hop of its own. A batch starts as soon
+    as the model has fewer than ``max_running`` batches running (a lone request never waits),
+    except just after a bigger batch: its requesters are probably on their way back, so what is
+    pending waits up to ``max_delay`` for as many to gather. A batch that is running gathers the
+    next one.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_batch: int = 32,
+        max_delay: float = 0.002,
+        max_running: int = 1,
+        on_batch: Callable[[int], object] | None = None,
+    ):
         if max_batch < 1 or max_delay < 0 or max_running < 1:
             raise ValueError("max_batch and max_running must be >= 1, max_delay >= 0")
-        self.max_batch, self.max_delay = max_batch, max_delay
-        self._pending: dict[LoadedModel, list[tuple[np.ndarray, asyncio.Future[Any]]]] = {}
+        self.max_batch, self.max_delay, self.max_running = max_batch, max_delay, max_running
+        self._pending: dict[LoadedModel, list[tuple[Input, asyncio.Future[Any]]]] = {}
         self._timers: dict[LoadedModel, asyncio.TimerHandle] = {}
-        self._running = asyncio.Semaphore(max_running)
+        self._running: dict[LoadedModel, int] = {}  # batches running, per model
+        # The last batch of each model: its size and when it ended (weak: models get evicted).
+        self._last: weakref.WeakKeyDictionary[LoadedModel, tuple[int, float]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._pool = ThreadPoolExecutor(max_running, thread_name_prefix="batch")
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches: deque[int] = deque(maxlen=1000)  # sizes of the last batches run
-        self.coming = 0  # requests still preparing an input for predict()
+        self.on_batch = on_batch  # told each batch's size (a metric)
 
-    @contextlib.contextmanager
-    def expecting(self) -> Iterator[None]:
-        """Around a request's work before predict: a batch waits only for requests inside."""
-        self.coming += 1
-        try:
-            yield
-        finally:
-            self.coming -= 1
-
-    async def predict(
-        self, model: LoadedModel, x: np.ndarray, *, counted: bool = False
-    ) -> np.ndarray:
-        """The probabilities of one preprocessed input, predicted with its concurrent peers.
-
-        A counted request (one that went through ``expecting``) flushes the batch as soon as no
-        other request is still on its way; otherwise the batch waits up to ``max_delay``.
-        """
-        x = np.asarray(x, np.float32)
-        if x.shape != model.sample_shape:
-            raise ValueError(f"input of shape {x.shape} is not {model.sample_shape}")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[np.ndarray] = loop.create_future()
-        queue = self._pending.setdefault(model, [])
-        queue.append((x, future))
-        if len(queue) >= self.max_batch or (counted and self.coming == 0):
-            self._flush(model)
-        elif len(queue) == 1:
-            self._timers[model] = loop.call_later(self.max_delay, self._flush, model)
+    async def predict(self, model: LoadedModel, x: Input) -> np.ndarray:
+        """The probabilities of one input (preprocessed, or an encoded image) with its peers."""
+        if not isinstance(x, bytes):
+            x = np.asarray(x, np.float32)
+            if x.shape != model.sample_shape:
+                raise ValueError(f"input of shape {x.shape} is not {model.sample_shape}")
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(model, []).append((x, future))
+        self._consider(model)
         return await future
+
+    def _consider(self, model: LoadedModel) -> None:
+        queue = self._pending.get(model)
+        if queue:
+            queue[:] = [i for i in queue if not i[1].done()]  # those who gave up do not count
+        if not queue or self._running.get(model, 0) >= self.max_running:
+            return  # nothing to do, or the end of a running batch comes back here
+        loop = asyncio.get_running_loop()
+        size, ended = self._last.get(model, (0, -math.inf))
+        if len(queue) >= min(size, self.max_batch) or loop.time() - ended >= self.max_delay:
+            self._flush(model)
+        elif model not in self._timers:
+            self._timers[model] = loop.call_later(self.max_delay, self._flush, model)
 
     def _flush(self, model: LoadedModel) -> None:
         timer = self._timers.pop(model, None)
         if timer is not None:
             timer.cancel()
-        items = [i for i in self._pending.pop(model, []) if not i[1].done()]
+        queue = [i for i in self._pending.pop(model, []) if not i[1].done()]
+        items, rest = queue[: self.max_batch], queue[self.max_batch :]
+        if rest:
+            self._pending[model] = rest
         if items:
+            self._running[model] = self._running.get(model, 0) + 1
             task = asyncio.ensure_future(self._run(model, items))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, model: LoadedModel, items: list[tuple[np.ndarray, Any]]) -> None:
-        async with self._running:
-            self.batches.append(len(items))
-            try:
-                probs = await asyncio.to_thread(model.predict, np.stack([x for x, _ in items]))
-            except Exception as exc:  # noqa: BLE001 - every waiter gets the error
-                for _, future in items:
-                    if not future.done():
-                        future.set_exception(exc)
-                return
-            except asyncio.CancelledError:  # the service stops: so do the waiters
-                for _, future in items:
-                    future.cancel()
-                raise
-        for (_, future), p in zip(items, probs, strict=True):
-            if not future.done():
-                future.set_result(p)
+    async def _run(self, model: LoadedModel, items: list[tuple[Input, Any]]) -> None:
+        loop = asyncio.get_running_loop()
+        self.batches.append(len(items))
+        if self.on_batch is not None:
+            self.on_batch(len(items))
+        try:
+            errors, probs = await loop.run_in_executor(
+                self._pool, _prepare, model, [x for x, _ in items]
+            )
+        except Exception as exc:  # noqa: BLE001 - every waiter gets the error
+            for _, future in items:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        except asyncio.CancelledError:  # the service stops: so do the waiters
+            for _, future in items:
+                future.cancel()
+            raise
+        finally:
+            self._running[model] -= 1
+            if not self._running[model]:
+                del self._running[model]
+            self._last[model] = (len(items), loop.time())
+            if not self._pending.get(model):
+                self._pending.pop(model, None)
+            loop.call_soon(self._consider, model)
+        rows = iter(probs)
+        for (_, future), error in zip(items, errors, strict=True):
+            result = next(rows) if error is None else None
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+    def close(self) -> None:
+        """Let the batch threads go (a running batch finishes)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass

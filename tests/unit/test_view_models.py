@@ -160,19 +160,46 @@ async def test_batcher_merges_concurrent_requests_up_to_max_batch():
     xs = np.random.default_rng(2).normal(size=(10, 2, 2, 1)).astype(np.float32)
     batcher = Batcher(max_batch=4, max_delay=0.05)
     results = await asyncio.gather(*(batcher.predict(model, x) for x in xs))
-    assert sorted(fake.batches) == [2, 4, 4] and model.calls == 3
+    # The first runs at once; the others gather while it runs, four at a time.
+    assert fake.batches == [1, 4, 4, 1] and model.calls == 4
     for x, p in zip(xs, results, strict=True):
         np.testing.assert_allclose(p, model.predict(x[None])[0], rtol=1e-6)
 
 
-async def test_batcher_runs_a_lone_request_after_max_delay():
-    model = LoadedModel(FakeModel((2, 2, 1)), scale=1.0)
-    batcher = Batcher(max_batch=64, max_delay=0.02)
+async def test_a_lone_request_runs_at_once_but_waits_for_peers_after_a_bigger_batch():
+    fake = FakeModel((2, 2, 1))
+    model = LoadedModel(fake, scale=1.0)
+    x = np.ones((2, 2, 1), np.float32)
+    slow = Batcher(max_batch=64, max_delay=60.0)
+    await asyncio.wait_for(slow.predict(model, x), 30)  # long before max_delay
+    batcher = Batcher(max_batch=64, max_delay=0.05)
+    await asyncio.gather(*(batcher.predict(model, x) for _ in range(3)))
     started = time.perf_counter()
-    await batcher.predict(model, np.ones((2, 2, 1), np.float32))
-    assert 0.015 < time.perf_counter() - started < 1.0
+    await batcher.predict(model, x)  # right after a batch of two: its peers may be coming
+    assert time.perf_counter() - started >= 0.04
+    await asyncio.sleep(0.06)
+    await asyncio.wait_for(slow.predict(model, x), 30)
+    assert fake.batches == [1, 1, 2, 1, 1]
     with pytest.raises(ValueError, match="is not"):
         await batcher.predict(model, np.ones((3, 3, 1), np.float32))
+
+
+async def test_batcher_decodes_encoded_images_in_the_batch_and_fails_only_the_bad_one():
+    fake = FakeModel((2, 2, 1), delay=0.01)
+    model = LoadedModel(fake, scale=1.0)
+    batcher = Batcher(max_batch=8, max_delay=0.05)
+    first = asyncio.ensure_future(batcher.predict(model, np.zeros((2, 2, 1), np.float32)))
+    await asyncio.sleep(0)  # it runs; the next three gather behind it
+    images = [png(np.full((2, 2), v, np.uint8)) for v in (3, 5)]
+    outcomes = await asyncio.gather(
+        *(batcher.predict(model, i) for i in (images[0], b"not an image", images[1])),
+        return_exceptions=True,
+    )
+    await first
+    assert fake.batches == [1, 2] and list(batcher.batches) == [1, 3]  # the bad one: no input
+    assert isinstance(outcomes[1], ImageError) and "not an image" in str(outcomes[1])
+    for image, probs in zip(images, (outcomes[0], outcomes[2]), strict=True):
+        np.testing.assert_allclose(probs, model.predict(model.preprocess(image)[None])[0])
 
 
 async def test_batcher_gives_every_waiter_the_error_and_survives_a_cancelled_one():
@@ -186,10 +213,12 @@ async def test_batcher_gives_every_waiter_the_error_and_survives_a_cancelled_one
     )
     assert all(isinstance(o, RuntimeError) for o in outcomes)
     fake.fail = False
+    # Right after a batch of two, a lone request waits for peers: one that gives up is dropped.
     gone = asyncio.ensure_future(batcher.predict(model, np.zeros((2, 2, 1), np.float32)))
-    kept = asyncio.ensure_future(batcher.predict(model, np.ones((2, 2, 1), np.float32)))
     await asyncio.sleep(0)
     gone.cancel()
+    await asyncio.sleep(0)
+    kept = asyncio.ensure_future(batcher.predict(model, np.ones((2, 2, 1), np.float32)))
     assert (await kept).shape == (3,)
     assert fake.batches == [1]
 
