@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from digits import jobs
+from digits import jobs, subjects
 from digits.dataset import Manifest, ShardInfo, ShardWriter, StageInfo, mean_npy_bytes, shard_key
 from digits.download_data.synthetic import make_images
 from digits.jobs import Job
@@ -330,3 +330,41 @@ async def test_concurrent_single_requests_are_batched_and_agree(deps, world):
         np.testing.assert_allclose(
             [p.confidence for p in a.predictions], [p.confidence for p in b.predictions], atol=1e-5
         )
+
+
+async def test_a_flood_beyond_capacity_gets_quick_busy_replies_and_the_service_lives(
+    deps, world, nc, stack
+):
+    # One view process that runs 64 single-image requests at once and lets 8 more wait.
+    view = await asyncio.to_thread(
+        stack,
+        "view_service",
+        DIGITS_STORE_URL=world.store.as_uri(),
+        DIGITS_VIEW_PROCS="1",
+        DIGITS_VIEW_QUEUE="8",
+    )
+    image = world.files[1100].read_bytes()
+    payload = msgspec.msgpack.encode({"job_id": MODEL, "image": image, "top_k": 2})
+    replies: list[dict] = []  # in the order they came
+
+    async def ask() -> None:
+        msg = await nc.request(subjects.RPC_INFER_CLASSIFY, payload, timeout=60)
+        replies.append(msgspec.msgpack.decode(msg.data))
+
+    await asyncio.gather(*(ask() for _ in range(400)))  # the model is not even loaded yet
+    assert len(replies) == 400, "every request gets a reply"
+    busy = [r for r in replies if not r["ok"]]
+    ok = [r for r in replies if r["ok"]]
+    assert len(ok) >= 64 + 8 and len(busy) >= 1, (len(ok), len(busy))
+    for r in busy:
+        assert r["busy"] is True and r["error"].startswith("busy: ")
+        assert "(DIGITS_VIEW_QUEUE=8)" in r["error"], r["error"]
+    # Refused at once: every busy reply came before the first answer (which waits for the load).
+    assert all(not r["ok"] for r in replies[: len(busy)])
+    assert {r["predictions"][0]["label"] for r in ok} == {LABELS[world.truth[1100]]}
+    assert view.proc.poll() is None and view.healthy()
+    msg = await nc.request(subjects.RPC_INFER_CLASSIFY, payload, timeout=30)
+    after = msgspec.msgpack.decode(msg.data)
+    assert after["ok"] and after["predictions"][0]["label"] == LABELS[world.truth[1100]]
+    status, body = view.get("/metrics")
+    assert status == 200 and b'outcome="busy"' in body
