@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import secrets as _random
@@ -13,6 +14,7 @@ from typing import Any
 import msgspec
 import nats.errors
 import nats.js.errors
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
@@ -168,31 +170,38 @@ class JobStore:
         if self._bucket is None:
             self._bucket = (await self.kv.status()).bucket
         stream, prefix = f"KV_{self._bucket}", f"$KV.{self._bucket}."
+        found: dict[str, tuple[bytes, int]] = {}
+        done = asyncio.get_running_loop().create_future()
+        last_seq = 0  # set once the stream's state is read, after the consumer exists
+
+        async def take(msg: Msg) -> None:
+            seq, headers = msg.metadata.sequence.stream, msg.headers or {}
+            key = msg.subject[len(prefix) :]
+            gone = headers.get(KV_OP) in (KV_DEL, KV_PURGE) or MARKER_REASON in headers
+            if gone or not (headers_only or msg.data):
+                found.pop(key, None)
+            else:
+                found[key] = (msg.data, seq)
+            if (last_seq and seq >= last_seq or msg.metadata.num_pending == 0) and not done.done():
+                done.set_result(None)
+
         sub = await self.js.subscribe(
             f"{prefix}>",
             stream=stream,
+            cb=take,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
             headers_only=headers_only,
             inactive_threshold=60,
         )
-        found: dict[str, tuple[bytes, int]] = {}
         try:
             state = (await self.js.stream_info(stream)).state
-            while state.messages:
+            last_seq = state.last_seq
+            if state.messages and not done.done():
                 try:
-                    msg = await sub.next_msg(timeout=SCAN_IDLE_S)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    break  # removed since the stream's state was read
-                seq, headers = msg.metadata.sequence.stream, msg.headers or {}
-                key = msg.subject[len(prefix) :]
-                gone = headers.get(KV_OP) in (KV_DEL, KV_PURGE) or MARKER_REASON in headers
-                if gone or not (headers_only or msg.data):
-                    found.pop(key, None)
-                else:
-                    found[key] = (msg.data, seq)
-                if seq >= state.last_seq or msg.metadata.num_pending == 0:
-                    break
+                    await asyncio.wait_for(asyncio.shield(done), SCAN_IDLE_S)
+                except TimeoutError:
+                    pass  # removed since the stream's state was read
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()

@@ -9,11 +9,9 @@ import sys
 import threading
 import time
 
-from waitress.server import create_server
-
 from digits.config import Settings
 from digits.service import configure
-from gateway.app import create_app
+from gateway.app import create_app, make_server
 from gateway.context import bus_of
 
 
@@ -25,7 +23,7 @@ def main() -> int:
     host = os.environ.get("DIGITS_GATEWAY_HOST", "127.0.0.1")
     port = int(os.environ.get("DIGITS_PORT", "5000"))
     app = create_app({"SETTINGS": settings})
-    server = create_server(app, host=host, port=port, threads=8)
+    server = make_server(app, host, port)
     bus_client = bus_of(app)
 
     def stop(signum: int, frame: object) -> None:

@@ -84,3 +84,22 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(plugin_static.bp)
     pages.register(app)
     return app
+
+
+PAGE_THREADS = 8  # server threads for requests, beside those the event streams hold
+
+
+def make_server(app: Flask, host: str, port: int) -> Any:
+    """The waitress server ``python -m gateway`` runs: threads for pages and event streams.
+
+    A request lookahead of one lets waitress read while a response streams, so it notices a
+    client that went away (``waitress.client_disconnected``) and the stream ends at once.
+    """
+    from waitress.server import create_server
+
+    from gateway.pages.events import SSE_MAX_STREAMS
+
+    streams = int(app.config.get("SSE_MAX_STREAMS", SSE_MAX_STREAMS))
+    return create_server(
+        app, host=host, port=port, threads=PAGE_THREADS + streams, channel_request_lookahead=1
+    )

@@ -147,8 +147,10 @@ class Scheduler:
         """A slow sweep over waiting models, in case a status event was missed."""
 
         async def sweep_waiting() -> None:
-            for job in await self.jobs.list():
-                if job.type == "model" and job.status == jobs.WAITING:
-                    await self.advance(job)
+            # One scan of the bucket; only the waiting models' records are decoded in full.
+            for job in await self.jobs.list(
+                lambda j: j.type == "model" and j.status == jobs.WAITING
+            ):
+                await self.advance(job)
 
         await periodically(stop, interval, sweep_waiting, "waiting-model sweep")

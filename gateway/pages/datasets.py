@@ -255,7 +255,8 @@ def show(job_id: str) -> ResponseReturnValue:
     context = _status_context(job)
     context["models"] = dependents(job.id)
     context["form"] = {k: v for k, v in df.shown_values(job.form).items() if k not in df.UPLOADS}
-    return page("datasets/show.html", "datasets/_status.html", **context)
+    live = None if context["finished"] else f"/events?job={job.id}"
+    return page("datasets/show.html", "datasets/_status.html", live_url=live, **context)
 
 
 @bp.get("/datasets/<job_id>/status")

@@ -30,7 +30,7 @@ def index() -> ResponseReturnValue:
     tab = request.args.get("tab", "datasets")
     tab = tab if tab in TABS else "datasets"
     context = tab_context(tab, page=page_number(request.args.get("page")))
-    return page("home/index.html", "home/_tab.html", **context)
+    return page("home/index.html", "home/_tab.html", live_url="/events", **context)
 
 
 @bp.get("/running")

@@ -35,7 +35,9 @@ from gateway.jobcache import JobSummary, Listing
 from gateway.pages.common import fragments
 
 _encode = msgspec.msgpack.Encoder().encode
-POLL = "load delay:500ms"  # self-polling partials: a change shows within about half a second
+# Live partials: asked again on each server-sent notice of their job; while no event stream is
+# open (refused, or gone), they poll themselves, so a change shows within about half a second.
+POLL = "load[!window.digitsLive] delay:500ms, digits-poll, sse:job"
 TABS = ("datasets", "models")  # the home page's job lists
 ACTIVE = (WAITING, RUNNING)
 PAGE_SIZE = 50  # jobs per page of the home page's lists

@@ -282,6 +282,7 @@ def show(job_id: str) -> ResponseReturnValue:
         dataset=dataset,
         options=redacted(job.form),
         generic=generic,
+        live_url=f"/events?job={job.id}" if context["running"] else None,
         **context,
     )
 

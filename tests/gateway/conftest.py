@@ -140,7 +140,7 @@ class Browser:
     def get(self, url: str, htmx: bool = False, **kw: Any) -> Any:
         """GET a page, or its fragment with ``htmx=True``."""
         headers = {"HX-Request": "true"} if htmx else {}
-        return self.client.get(url, headers=headers, **kw)
+        return self.client.get(url, headers={**headers, **kw.pop("headers", {})}, **kw)
 
     def post(self, url: str, data: dict[str, Any] | None = None, htmx: bool = False, **kw: Any):
         """POST a form with the session's CSRF token."""

@@ -10,6 +10,7 @@ from PIL import Image
 
 from digits import jobs, subjects
 from digits.dataset import Manifest, ShardInfo, ShardWriter, StageInfo, mean_png_bytes
+from gateway.pages.jobdata import POLL
 from tests.gateway.conftest import add_job, stored_events
 
 FORM = {
@@ -157,7 +158,7 @@ def test_dataset_page_polls_while_running_and_shows_stages(browser, bus_client):
     assert "<html" in page and 'id="job-actions"' in page and "Models using this dataset" in page
     fragment = browser.get(f"/datasets/{job.id}/status", htmx=True).get_data(as_text=True)
     assert "<html" not in fragment and fragment.lstrip().startswith('<section id="dataset-status"')
-    assert 'hx-trigger="load delay:500ms"' in fragment and "Create DB (train)" in fragment
+    assert f'hx-trigger="{POLL}"' in fragment and "Create DB (train)" in fragment
     assert 'value="25"' in fragment and "UTC" in fragment and "Running" in fragment
     bus_client.call(store.update_stage(job.id, "Create DB (train)", status="E", progress=0.5))
     bus_client.call(store.set_status(job.id, jobs.ERROR, "disk full"))

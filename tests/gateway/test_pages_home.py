@@ -50,7 +50,7 @@ def test_running_jobs_poll_while_they_run_and_stop_after(browser, bus_client):
     job = add_job(bus_client, type="dataset", name="ingesting", status=jobs.RUNNING)
     bus_client.call(bus_client.jobs.update_stage(job.id, "Create DB (train)", progress=0.5))
     page = browser.get("/").get_data(as_text=True)
-    assert f'hx-get="/running?shown={job.id}"' in page and 'hx-trigger="load delay' in page
+    assert f'hx-get="/running?shown={job.id}"' in page and "load[!window.digitsLive] delay" in page
     polled = browser.get(f"/running?shown={job.id}", htmx=True)
     assert "HX-Trigger" not in polled.headers  # the same jobs run: the list stays
     body = polled.get_data(as_text=True)
@@ -58,7 +58,9 @@ def test_running_jobs_poll_while_they_run_and_stop_after(browser, bus_client):
     bus_client.call(bus_client.jobs.set_status(job.id, jobs.DONE))
     ended = browser.get(f"/running?shown={job.id}", htmx=True)
     assert ended.headers["HX-Trigger"] == "digits-jobs-changed"  # the tab reloads itself
-    assert "hx-trigger" not in ended.get_data(as_text=True) and "No job is running" in ended.text
+    ended_html = ended.get_data(as_text=True)  # no more polling; a server-sent notice still asks
+    assert "delay:" not in ended_html and 'hx-trigger="sse:job"' in ended_html
+    assert "No job is running" in ended.text
     full = browser.get("/running").get_data(as_text=True)
     assert "<html" in full and "No job is running" in full
 

@@ -113,7 +113,9 @@ def test_create_publishes_model_create_and_redirects(browser, bus_client):
     assert "csrf_token" not in form and "custom_network" not in form
     # Until the scheduler stores the record, the page shows the job as submitted.
     page = browser.get(f"/models/{job_id}").get_data(as_text=True)
-    assert "lenet-1" in page and "Initialized" in page and 'hx-trigger="load delay:1s"' in page
+    assert (
+        "lenet-1" in page and "Initialized" in page and "load[!window.digitsLive] delay:1s" in page
+    )
     again = browser.post("/models/images/classification", {**VALID, "dataset": ds.id}, htmx=True)
     assert again.status_code == 204 and again.headers["HX-Redirect"].startswith("/models/")
 
@@ -227,7 +229,9 @@ def test_model_page_whole_and_status_fragment(browser, bus_client):
     assert is_fragment(fragment) and 'id="model-status"' in fragment
     assert 'id="training-graphs"' not in fragment
     status = browser.get(f"/models/{job.id}/status", htmx=True).get_data(as_text=True)
-    assert is_fragment(status) and 'hx-trigger="load delay:1s"' in status, "polls while running"
+    assert is_fragment(status) and "load[!window.digitsLive] delay:1s" in status, (
+        "polls while running"
+    )
     assert "hx-swap-oob" not in status
     assert "<html" in browser.get(f"/models/{job.id}/status").get_data(as_text=True)
 
