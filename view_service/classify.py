@@ -146,6 +146,15 @@ async def classify_one(deps: Deps, req: ClassifyOne) -> ClassifyOneReply:
     """Classify one image (batched with concurrent requests for the same snapshot)."""
     if len(req.image) > MAX_IMAGE_BYTES:
         raise InferenceError(f"image of {len(req.image)} bytes exceeds {MAX_IMAGE_BYTES} bytes")
+    model = deps.cache.ready(req.job_id, req.epoch)
+    if model is not None:  # loaded, and listed by a record read a moment ago
+        try:
+            probs = await deps.batcher.predict(model, req.image)
+        except ImageError as exc:
+            raise InferenceError(f"image: {exc}") from None
+        return ClassifyOneReply(
+            job_id=model.job_id, epoch=model.epoch, predictions=_top(model, probs, req.top_k)
+        )
     # The snapshot held for this request probably answers it: predict while its record is read
     # (the lookup still decides, and a guess it overrules is predicted again).
     guess = deps.cache.peek(req.job_id, req.epoch)

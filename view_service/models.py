@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 import uuid
 import weakref
 import zlib
@@ -33,6 +34,7 @@ from digits.utils.image import RESIZE_MODES, ImageError, load_image, resize_imag
 log = logging.getLogger(__name__)
 
 OVERHEAD_BYTES = 1 << 20  # per loaded model, beyond its weights and mean image
+RECORD_TTL_S = 2.0  # a request for a listed snapshot trusts a job record read this recently
 MEAN_MODES = ("none", "image", "pixel")
 
 
@@ -214,6 +216,7 @@ class ModelCache:
         self._models: OrderedDict[tuple[str, float], LoadedModel] = OrderedDict()
         self._loading: dict[tuple[str, float], asyncio.Future[LoadedModel]] = {}
         self._reading: dict[str, asyncio.Future[Job]] = {}  # job records being read, by id
+        self._recent: dict[str, tuple[Job, float]] = {}  # records read lately: when it began
         self.loads = 0  # snapshots loaded from the store
 
     def __len__(self) -> int:
@@ -227,6 +230,17 @@ class ModelCache:
         """The estimated memory of the models held."""
         return sum(m.nbytes for m in self._models.values())
 
+    def ready(self, job_id: str, epoch: float) -> LoadedModel | None:
+        """The loaded snapshot of a given epoch, if a recent record lists it (no lookup needed)."""
+        recent = self._recent.get(job_id)
+        if epoch < 0 or recent is None or time.monotonic() - recent[1] >= RECORD_TTL_S:
+            return None
+        found = _match(float(epoch), [float(s) for s in recent[0].extra.get("snapshots") or []])
+        model = None if found is None else self._models.get((job_id, found))
+        if model is not None:
+            self._models.move_to_end((job_id, found))  # type: ignore[arg-type]
+        return model
+
     def peek(self, job_id: str, epoch: float = -1) -> LoadedModel | None:
         """The loaded snapshot a request probably means (-1: the newest held), without a lookup."""
         epochs = [e for j, e in self._models if j == job_id]
@@ -239,16 +253,26 @@ class ModelCache:
         """The model job and the snapshot epoch a request means (-1: the latest).
 
         Concurrent requests for one job share one read of its record: a request may see the
-        record as it was when the read in flight began (at most a round trip ago).
+        record as it was when the read in flight began (at most a round trip ago). A request
+        for a given epoch that a record read less than RECORD_TTL_S ago lists needs no read
+        (a snapshot, once listed, stays until its job is deleted).
         """
+        now = time.monotonic()
+        recent = self._recent.get(job_id)
+        if epoch >= 0 and recent is not None and now - recent[1] < RECORD_TTL_S:
+            job = recent[0]
+            found = _match(float(epoch), [float(s) for s in job.extra.get("snapshots") or []])
+            if found is not None:
+                return job, found
         future = self._reading.get(job_id)
         if future is None:
             future = asyncio.ensure_future(self.jobs.get(job_id))
             self._reading[job_id] = future
-            future.add_done_callback(partial(self._read, job_id))
+            future.add_done_callback(partial(self._read, job_id, now))
         try:
             job = await asyncio.shield(future)
         except JobNotFound:
+            self._recent.pop(job_id, None)
             raise InferenceError(f"no job with id {job_id!r}") from None
         if job.type != "model":
             raise InferenceError(f"job {job.id} is a {job.type}, not a model")
@@ -280,11 +304,14 @@ class ModelCache:
             future.add_done_callback(lambda f: self._loaded(key, f))
         return await asyncio.shield(future)
 
-    def _read(self, job_id: str, future: asyncio.Future[Job]) -> None:
+    def _read(self, job_id: str, began: float, future: asyncio.Future[Job]) -> None:
         if self._reading.get(job_id) is future:
             del self._reading[job_id]
-        if not future.cancelled():
-            future.exception()  # retrieved, even when every reader has gone
+        if future.cancelled() or future.exception() is not None:  # retrieved, even unawaited
+            return
+        if len(self._recent) >= 1000:  # ids of jobs read lately, not of every job ever asked
+            self._recent = {k: v for k, v in self._recent.items() if began - v[1] < RECORD_TTL_S}
+        self._recent[job_id] = (future.result(), began)
 
     def _loaded(self, key: tuple[str, float], future: asyncio.Future[LoadedModel]) -> None:
         self._loading.pop(key, None)

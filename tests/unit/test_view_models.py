@@ -19,6 +19,7 @@ from digits.jobs import Job, JobNotFound
 from digits.store import FileStore
 from digits.utils.image import ImageError, load_image, resize_image
 from train_service.data import ShardedDataset
+from view_service import models
 from view_service.models import (
     OVERHEAD_BYTES,
     Batcher,
@@ -280,6 +281,37 @@ async def test_cache_picks_the_last_snapshot_and_loads_once(tiny, tmp_path):
     assert cache.loads == 2 and len(cache) == 2 and await cache.get("m", 3.0) is latest
     x = np.ones((2, 4, 4, 1), np.float32)
     assert not np.allclose(latest.predict(x), models[0].predict(x))
+
+
+class SlowJobs(FakeJobs):
+    """FakeJobs whose reads take a moment, counted."""
+
+    reads = 0
+
+    async def get(self, job_id: str) -> Job:
+        self.reads += 1
+        await asyncio.sleep(0.01)
+        return await super().get(job_id)
+
+
+async def test_concurrent_lookups_share_a_read_and_a_given_epoch_trusts_a_recent_one(
+    tiny, tmp_path, monkeypatch
+):
+    jobs = SlowJobs(DATASET, MODEL)
+    cache = ModelCache(FileStore(tiny[0]), jobs, tmp_path)
+    await asyncio.gather(*(cache.resolve("m", -1) for _ in range(10)))
+    assert jobs.reads == 1
+    assert await cache.resolve("m", 2) == (MODEL, 2.0) and jobs.reads == 1  # read a moment ago
+    await cache.resolve("m", -1)  # the latest snapshot: always read
+    assert jobs.reads == 2
+    with pytest.raises(InferenceError, match="no snapshot at epoch 7"):
+        await cache.resolve("m", 7)  # not listed: read again, in case it is new
+    assert jobs.reads == 3
+    monkeypatch.setattr(models, "RECORD_TTL_S", 0.0)
+    del jobs.jobs["m"]
+    with pytest.raises(InferenceError, match="no job with id 'm'"):
+        await cache.resolve("m", 2)
+    assert jobs.reads == 4
 
 
 async def test_cache_errors_name_the_problem(tiny, tmp_path):
