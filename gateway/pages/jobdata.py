@@ -36,8 +36,13 @@ from gateway.pages.common import fragments
 
 _encode = msgspec.msgpack.Encoder().encode
 # Live partials: asked again on each server-sent notice of their job; while no event stream is
-# open (refused, or gone), they poll themselves, so a change shows within about half a second.
-POLL = "load[!window.digitsLive] delay:500ms, digits-poll, sse:job"
+# open (refused, or gone), they poll themselves, so a change shows within about half a second;
+# while one is open they still ask every SAFETY_POLL, in case a notice was lost on the way.
+SAFETY_POLL = "10s"
+POLL = (
+    "load[!window.digitsLive] delay:500ms, "
+    f"load[window.digitsLive] delay:{SAFETY_POLL}, digits-poll, sse:job"
+)
 TABS = ("datasets", "models")  # the home page's job lists
 ACTIVE = (WAITING, RUNNING)
 PAGE_SIZE = 50  # jobs per page of the home page's lists

@@ -220,3 +220,83 @@ def test_login_dataset_model_graph_and_classify_in_a_browser(page, up, images, a
     top = page.locator("#classify-one-result tr.top td.label").inner_text().strip()
     shot(page, artifacts, "06-classify")
     assert top == label, page.inner_text("#classify-one-result")
+
+
+def on_stack_bus(up, change) -> None:
+    """Run ``change(store)`` against the stack's job bucket, as a service would."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    import nats
+
+    from digits import jobs, subjects
+
+    async def run() -> None:
+        nc = await nats.connect(f"nats://127.0.0.1:{up.nats_port}")
+        try:
+            js = nc.jetstream()
+            await change(jobs.JobStore(js, await js.key_value(subjects.KV_JOBS)))
+        finally:
+            await nc.close()
+
+    with ThreadPoolExecutor(1) as pool:  # Playwright's sync API holds this thread's event loop
+        pool.submit(asyncio.run, run()).result()
+
+
+def test_a_notice_heard_while_the_partial_is_asking_is_not_lost(page, up):
+    # A live partial replaces itself with its answer: a notice that arrives while the answer is on
+    # its way must still make the page ask again (htmx would drop the request it queued).
+    from digits import jobs
+
+    page.goto(up.url + "/")
+    if "/login" in page.url:  # run alone, this test logs in first
+        page.fill("input[name=username]", "admin")
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url(re.compile(r"/(\?.*)?$"))
+    job = jobs.Job(
+        id=jobs.new_job_id(),
+        type="dataset",
+        name="asking-twice",
+        extension="image-classification",
+        owner="admin",
+        status=jobs.RUNNING,
+        stages=[jobs.Stage(name="train", status=jobs.RUNNING, total=10)],
+    )
+    on_stack_bus(up, lambda store: store.create(job))
+    page.goto(f"{up.url}/datasets/{job.id}")
+    page.wait_for_function("() => window.digitsLive === true", timeout=15_000)
+    page.wait_for_timeout(1500)  # the first answers are in
+    assert status_of(page, "#dataset-status") == "Running"
+
+    held = []  # the answer to the first notice, kept back until the job is Done
+
+    def hold(route) -> None:
+        if held:
+            route.continue_()
+        else:
+            held.append((route, route.fetch()))
+
+    status_url = f"{up.url}/datasets/{job.id}/status"
+    page.route(status_url, hold)
+    on_stack_bus(up, lambda store: store.update_stage(job.id, "train", done=5))
+    for _ in range(200):  # the route handler runs while Playwright waits
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "the stage's notice did not make the partial ask"
+
+    async def finish(store) -> None:
+        await store.update_stage(job.id, "train", status=jobs.DONE, done=10)
+        await store.set_status(job.id, jobs.DONE)
+
+    on_stack_bus(up, finish)
+    page.wait_for_timeout(500)  # the Done notice arrives while the first answer is held
+    route, answer = held[0]
+    route.fulfill(response=answer)
+    # Well before the 10 s safety poll: the notice heard meanwhile asked again.
+    page.wait_for_function(
+        "() => { const s = document.querySelector('#dataset-status h2 .status');"
+        " return s && s.textContent.trim() === 'Done'; }",
+        timeout=4_000,
+    )
