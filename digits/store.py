@@ -17,6 +17,9 @@ from digits.config import Settings
 
 _TMP = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")
 _CHUNK = 1 << 20
+# Every S3 write carries a SHA-256 of its bytes, which the server checks before it stores them: a
+# body torn on the way is refused, never stored (a multipart object's parts each, and the whole).
+_CHECKED = {"ChecksumAlgorithm": "SHA256"}
 
 
 class StoreError(Exception):
@@ -52,12 +55,42 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable (the directory's own fsync)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _mkdirs_durably(path: Path) -> None:
+    """Make ``path`` and its missing parents, each new entry fsynced in its parent."""
+    missing, up = [], path
+    while not up.exists():
+        missing.append(up)
+        up = up.parent
+    path.mkdir(parents=True, exist_ok=True)
+    for made in reversed(missing):
+        _fsync_dir(made.parent)
+
+
+def _replace_durably(tmp: Path, dest: Path) -> None:
+    """Rename the fsynced ``tmp`` over ``dest`` and fsync the directory: after a crash, either
+    the old object or the whole new one is there, never an empty or torn one."""
+    os.replace(tmp, dest)
+    _fsync_dir(dest.parent)
+
+
 def _copy_atomic(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    _mkdirs_durably(dest.parent)
     tmp = _tmp_name(dest)
     try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, _CHUNK)
+            fout.flush()
+            os.fsync(fout.fileno())
+        _replace_durably(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -130,14 +163,14 @@ class FileStore(Store):
 
     def _put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _mkdirs_durably(path.parent)
         tmp = _tmp_name(path)
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+            _replace_durably(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -267,7 +300,7 @@ class S3Store(Store):
 
     async def put(self, key: str, data: bytes) -> None:
         full = self._key(key)
-        await self._call("put_object", full, Key=full, Body=bytes(data))
+        await self._call("put_object", full, Key=full, Body=bytes(data), **_CHECKED)
 
     async def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
         full = self._key(key)
@@ -275,16 +308,20 @@ class S3Store(Store):
         with open(path, "rb") as f:
             if size <= self.part_size:
                 data = await asyncio.to_thread(f.read)
-                await self._call("put_object", full, Key=full, Body=data)
+                await self._call("put_object", full, Key=full, Body=data, **_CHECKED)
                 return
-            up = await self._call("create_multipart_upload", full, Key=full)
+            up = await self._call("create_multipart_upload", full, Key=full, **_CHECKED)
             kw = {"Key": full, "UploadId": up["UploadId"]}
             try:
                 parts = []
                 while chunk := await asyncio.to_thread(f.read, self.part_size):
                     n = len(parts) + 1
-                    r = await self._call("upload_part", full, PartNumber=n, Body=chunk, **kw)
-                    parts.append({"PartNumber": n, "ETag": r["ETag"]})
+                    r = await self._call(
+                        "upload_part", full, PartNumber=n, Body=chunk, **kw, **_CHECKED
+                    )
+                    parts.append(
+                        {"PartNumber": n, "ETag": r["ETag"], "ChecksumSHA256": r["ChecksumSHA256"]}
+                    )
                 await self._call(
                     "complete_multipart_upload", full, MultipartUpload={"Parts": parts}, **kw
                 )

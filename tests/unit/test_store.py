@@ -107,6 +107,44 @@ async def test_file_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.Monkey
     assert await store.list() == ["a/b.bin"]
 
 
+@pytest.mark.parametrize("how", ["put", "put_file"])
+async def test_file_writes_are_durable_before_they_return(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    # Power-loss safety: the data is fsynced before the rename, the directory after it, and each
+    # new directory's entry in its parent, so an acknowledged write survives a crash whole.
+    root = tmp_path / "store"
+    store = FileStore(root)
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: Path, dst: Path) -> None:
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(store_mod.os, "fsync", fsync)
+    monkeypatch.setattr(store_mod.os, "replace", replace)
+    src = tmp_path / "shard.bin"
+    src.write_bytes(b"x" * 3000)
+    if how == "put":
+        await store.put("datasets/j/shard.bin", src.read_bytes())
+    else:
+        await store.put_file("datasets/j/shard.bin", src)
+    dest = root / "datasets" / "j" / "shard.bin"
+    assert dest.read_bytes() == src.read_bytes()
+    kinds = [(kind, Path(path)) for kind, path in events]
+    at = kinds.index(("replace", dest))
+    written = [p for k, p in kinds[:at] if k == "fsync" and p.name.startswith(".shard.bin.")]
+    assert written, f"the data was not fsynced before the rename: {events}"
+    assert ("fsync", dest.parent) in kinds[at:], f"no directory fsync after the rename: {events}"
+    for made in (root / "datasets", root / "datasets" / "j"):
+        assert ("fsync", made.parent) in kinds[:at], f"{made}'s entry was not fsynced: {events}"
+
+
 @pytest.mark.parametrize("key", BAD_KEYS)
 async def test_file_rejects_bad_keys(tmp_path: Path, key: str) -> None:
     store = FileStore(tmp_path)
@@ -324,3 +362,28 @@ async def test_s3_wrong_secret_is_redacted(moto_url: str, bucket: str) -> None:
         finally:
             await good.close()
             await bad.close()
+
+
+@pytest.mark.parametrize("part_size", [64 << 20, 5 << 20])
+async def test_s3_writes_carry_a_checksum_the_server_stores(
+    moto_url: str, bucket: str, tmp_path: Path, part_size: int
+) -> None:
+    # S3 and MinIO refuse a body whose x-amz-checksum-sha256 does not match; moto stores the
+    # checksum but does not compare it, so this shows what is sent and kept, not the refusal.
+    import base64
+    import hashlib
+
+    src = tmp_path / "shard.lmdb"
+    src.write_bytes(os.urandom(11 << 20))
+    store = S3Store(bucket, endpoint_url=moto_url, part_size=part_size, **CREDS)
+    try:
+        await store.put_file("big.lmdb", src)
+        await store.put("small.bin", b"manifest")
+    finally:
+        await store.close()
+    async with _client(moto_url) as s3:
+        small = await s3.head_object(Bucket=bucket, Key="small.bin", ChecksumMode="ENABLED")
+        expected = base64.b64encode(hashlib.sha256(b"manifest").digest()).decode()
+        assert small["ChecksumSHA256"] == expected
+        big = await s3.head_object(Bucket=bucket, Key="big.lmdb", ChecksumMode="ENABLED")
+        assert big.get("ChecksumSHA256"), big  # the whole object's (or its parts') checksum
