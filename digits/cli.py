@@ -15,7 +15,7 @@ from pathlib import Path
 import nats.errors
 import nats.js.errors
 
-from digits import bus
+from digits import bus, natsauth
 from digits.config import ConfigError, Settings
 from digits.natsserver import NatsServer, NatsServerError, free_port, port_free
 from digits.supervisor import Supervisor, child_env, python_module
@@ -45,7 +45,15 @@ def up(args: argparse.Namespace) -> int:
     logs = data_dir / "logs"
     logs.mkdir(exist_ok=True)
     nats_port = args.nats_port or (4222 if port_free(4222) else free_port())
-    server = NatsServer(data_dir / "jetstream", port=nats_port, log_file=logs / "nats-server.log")
+    users = natsauth.passwords(data_dir)  # the bus is locked: each service signs in as itself
+    _adopt_anonymous_store(data_dir / "jetstream")
+    server = NatsServer(
+        data_dir / "jetstream",
+        port=nats_port,
+        log_file=logs / "nats-server.log",
+        accounts=natsauth.ACCOUNTS_CONF,
+        env=natsauth.server_env(users),
+    )
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -58,6 +66,7 @@ def up(args: argparse.Namespace) -> int:
     except NatsServerError as exc:
         print(f"digits up: {exc} (see {logs / 'nats-server.log'})", file=sys.stderr)
         return 1
+    natsauth.record_url(data_dir, server.url)
     supervisor = Supervisor()
     try:
         env = dict(os.environ)
@@ -67,6 +76,9 @@ def up(args: argparse.Namespace) -> int:
         settings = Settings.from_env(
             env,
             nats_urls=(server.url,),
+            nats_creds=None,
+            nats_user="admin",
+            nats_password=users["admin"],
             data_dir=str(data_dir),
             store_url=env.get("DIGITS_STORE_URL") or (data_dir / "store").as_uri(),
             secret_key=env.get("DIGITS_SECRET_KEY") or _secret_key(data_dir),
@@ -74,6 +86,7 @@ def up(args: argparse.Namespace) -> int:
         asyncio.run(_init(settings))
         for name, module in SERVICES:
             extra = settings.to_env()
+            extra.update(DIGITS_NATS_USER=name, DIGITS_NATS_PASSWORD=users[name])
             if name == "gateway":
                 extra["DIGITS_PORT"] = str(args.port)
                 extra["DIGITS_GATEWAY_HOST"] = args.host
@@ -82,6 +95,7 @@ def up(args: argparse.Namespace) -> int:
             supervisor.add(name, python_module(module), child_env(extra), logs / f"{name}.log")
         print(f"DIGITS is up: http://{args.host}:{args.port}/", flush=True)
         print(f"  NATS {server.url}, data in {data_dir}, logs in {logs}", flush=True)
+        print("  NATS signs in users only: `digits nats-user integrator` prints a URL", flush=True)
         if not env.get("DIGITS_ADMIN_PASSWORD"):
             where = data_dir / "admin-password.txt"
             print(f"  user admin: the first start writes its password to {where}", flush=True)
@@ -101,6 +115,20 @@ def up(args: argparse.Namespace) -> int:
         supervisor.stop()
         server.stop()
     print("stopped", flush=True)
+    return 0
+
+
+def _adopt_anonymous_store(store_dir: Path) -> None:
+    """Move what an unlocked server stored (account $G) to the DIGITS account, once."""
+    old, new = store_dir / "jetstream" / "$G", store_dir / "jetstream" / "DIGITS"
+    if old.is_dir() and not new.exists():
+        log.warning("moving the JetStream store of the unlocked bus (%s) to account DIGITS", old)
+        old.rename(new)
+
+
+def nats_user(args: argparse.Namespace) -> int:
+    """Print a URL that signs in to `digits up`'s bus as one of its users."""
+    print(natsauth.user_url(Path(args.data_dir).expanduser().resolve(), args.user))
     return 0
 
 
@@ -318,6 +346,10 @@ def parser() -> argparse.ArgumentParser:
     p_inspect = ds_sub.add_parser("inspect", help="counts, shapes and label histogram")
     p_inspect.add_argument("url", help="file:///.../datasets/<job>, s3://... or a local path")
     p_inspect.set_defaults(func=dataset_inspect)
+    p_user = sub.add_parser("nats-user", help="print a URL that signs in to `digits up`'s NATS")
+    p_user.add_argument("user", help="integrator (outside systems), admin (operators), ...")
+    p_user.add_argument("--data-dir", default=os.environ.get("DIGITS_DATA_DIR", "~/.digits"))
+    p_user.set_defaults(func=nats_user)
     p_key = sub.add_parser("secret-key", help="print a new DIGITS_SECRET_KEY")
     p_key.set_defaults(func=secret_key)
     return p

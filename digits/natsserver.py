@@ -68,6 +68,8 @@ class NatsServer:
         host: str = "127.0.0.1",
         extra_args: tuple[str, ...] = (),
         log_file: str | os.PathLike[str] | None = None,
+        accounts: str | os.PathLike[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
@@ -75,6 +77,8 @@ class NatsServer:
         self.monitor_port = monitor_port or free_port(host)
         self.extra_args = extra_args
         self.log_file = Path(log_file) if log_file else None
+        self.accounts = Path(accounts) if accounts else None  # users and permissions to include
+        self.env = dict(env or {})  # the accounts' NATS_*_PASSWORD variables
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -83,9 +87,14 @@ class NatsServer:
         return f"nats://{self.host}:{self.port}"
 
     def config_file(self) -> Path:
-        """A config with what has no command-line flag: room for an inference request's image."""
+        """A config with what has no command-line flag: room for an inference request's image,
+        and the accounts (a copy beside it, as nats-server includes relative to the config)."""
         path = self.store_dir / "digits-nats.conf"
-        path.write_text(f"max_payload: {MAX_PAYLOAD}\n")
+        lines = [f"max_payload: {MAX_PAYLOAD}"]
+        if self.accounts is not None:
+            (self.store_dir / "accounts.conf").write_text(self.accounts.read_text())
+            lines.append('include "accounts.conf"')
+        path.write_text("\n".join(lines) + "\n")
         return path
 
     def command(self) -> list[str]:
@@ -114,7 +123,11 @@ class NatsServer:
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         try:
             self.proc = subprocess.Popen(
-                self.command(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                self.command(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, **self.env} if self.env else None,
             )
         finally:
             if self.log_file:

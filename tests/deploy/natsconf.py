@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 NATS_DIR = DEPLOY / "nats"
 ACCOUNTS = NATS_DIR / "accounts.conf"
-USERS = ("admin", "gateway", "ingest", "train", "view", "minio", "sys")
+USERS = ("admin", "gateway", "ingest", "train", "view", "minio", "integrator", "sys")
 
 
 def password_env() -> dict[str, str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from digits import cli, subjects
+from digits import cli, natsauth, subjects
 from tests.deploy.natsconf import ACCOUNTS, DEPLOY, NATS_DIR, USERS, check, make_tls, password_env
 
 COMPOSE = DEPLOY / "compose" / "compose.yaml"
@@ -62,6 +62,11 @@ def test_the_k8s_nats_config_is_the_deploy_one():
     (config_map,) = [d for d in of_kind("ConfigMap") if d["metadata"]["name"] == "nats-config"]
     for name in ("cluster.conf", "accounts.conf"):
         assert config_map["data"][name] == (NATS_DIR / name).read_text(), name
+
+
+def test_digits_up_runs_the_deploy_accounts():
+    assert natsauth.ACCOUNTS_CONF.read_text() == ACCOUNTS.read_text()
+    assert set(natsauth.USERS) == set(USERS)
 
 
 def known_subject(subject: str) -> bool:

@@ -51,9 +51,9 @@ SUBSTITUTIONS: tuple[tuple[str, str], ...] = (
     ),
     # The documented MinIO endpoint is the test's moto server.
     (re.escape("http://localhost:9000"), "{s3_url}"),
-    # The documented gateway and NATS addresses are the test stack's free ports.
+    # The documented gateway address is the test stack's free port (the NATS URL the blocks use
+    # comes from `digits nats-user`, which knows the stack's port).
     (re.escape("http://localhost:5000"), "{gateway_url}"),
-    (re.escape("nats://localhost:4222"), "{nats_url}"),
     # Paths into the checkout (plugins/...) are made absolute: blocks run in a temporary dir.
     (r"(?<![\w/.~-])plugins/", "{root}/plugins/"),
 )
@@ -140,7 +140,6 @@ class GuideStack:
         return {
             "s3_url": self.s3_url,
             "gateway_url": self.stack.url,
-            "nats_url": f"nats://127.0.0.1:{self.stack.nats_port}",
             "root": str(ROOT),
         }
 

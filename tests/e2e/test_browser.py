@@ -232,7 +232,7 @@ def on_stack_bus(up, change) -> None:
     from digits import jobs, subjects
 
     async def run() -> None:
-        nc = await nats.connect(f"nats://127.0.0.1:{up.nats_port}")
+        nc = await nats.connect(up.nats_url())
         try:
             js = nc.jetstream()
             await change(jobs.JobStore(js, await js.key_value(subjects.KV_JOBS)))

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 
 import nats
+import nats.errors
 import psutil
 import pytest
 
-from digits import jobs
+from digits import events, jobs, natsauth, subjects
 from tests.e2e.upstack import Stack, cmdline
 from tests.integration.test_jobs import job_store, new_job
-from tests.waiting import wait_for_sync
+from tests.waiting import wait_for, wait_for_sync
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -49,6 +51,42 @@ async def find_job(nats_url: str, job_id: str) -> jobs.Job:
         await nc.close()
 
 
+async def only_users_get_in(stack: Stack) -> None:
+    """The embedded bus refuses anonymous clients; the integrator may only do its part."""
+    with pytest.raises(nats.errors.Error, match="(?i)authorization"):
+        await nats.connect(
+            f"nats://127.0.0.1:{stack.nats_port}", allow_reconnect=False, connect_timeout=5
+        )
+    users = stack.data_dir / natsauth.USERS_FILE
+    assert users.stat().st_mode & 0o777 == 0o600
+    printed = subprocess.run(
+        [sys.executable, "-m", "digits.cli", "nats-user", "integrator"],
+        env={**os.environ, "DIGITS_DATA_DIR": str(stack.data_dir)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert printed == stack.nats_url("integrator")
+    refused: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        refused.append(str(exc))
+
+    nc = await nats.connect(printed, error_cb=on_error)
+    try:
+        unknown = events.JobDelete(job_id="20990101-000000-dead")  # answered: command.rejected
+        ack = await nc.jetstream().publish(subjects.CMD_JOB_DELETE, events.encode(unknown))
+        assert ack.stream == subjects.STREAM_CMD
+        for subject in (subjects.WORK_TRAIN, f"$KV.{subjects.KV_USERS}.admin"):
+            await nc.publish(subject, b"\x80")
+        await nc.subscribe(f"$KV.{subjects.KV_USERS}.>")
+        await nc.flush()
+        await wait_for(lambda: len(refused) >= 3, timeout=10)
+        assert all("permissions violation" in r.lower() for r in refused), refused
+    finally:
+        await nc.close()
+
+
 def test_digits_up_runs_the_stack_and_a_restart_finds_its_jobs(tmp_path):
     data_dir = tmp_path / "digits"
     stack = Stack(data_dir, tmp_path / "up-1.log", "--demo")
@@ -61,7 +99,8 @@ def test_digits_up_runs_the_stack_and_a_restart_finds_its_jobs(tmp_path):
         names = " ".join(cmdline(p) for p in children)
         for module in ("gateway", "ingest_service", "train_service", "view_service", "nats-server"):
             assert module in names
-        nats_url = f"nats://127.0.0.1:{stack.nats_port}"
+        asyncio.run(only_users_get_in(stack))
+        nats_url = stack.nats_url()
         job_id = asyncio.run(create_job(nats_url))
         demo = wait_for_sync(lambda: asyncio.run(demo_job(nats_url)), timeout=90, interval=1)
         assert demo.status == jobs.DONE, demo.error
@@ -95,7 +134,7 @@ def test_digits_up_runs_the_stack_and_a_restart_finds_its_jobs(tmp_path):
     again = Stack(data_dir, tmp_path / "up-2.log")
     try:
         wait_for_sync(again.all_alive, timeout=60, interval=0.5)
-        job = asyncio.run(find_job(f"nats://127.0.0.1:{again.nats_port}", job_id))
+        job = asyncio.run(find_job(again.nats_url(), job_id))
         assert job.name == "survives restarts"
     finally:
         assert again.interrupt() == 0

@@ -12,6 +12,7 @@ import urllib.request
 
 import psutil
 
+from digits import natsauth
 from digits.natsserver import free_port
 
 
@@ -39,6 +40,7 @@ class Stack:
 
     def __init__(self, data_dir, log_path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.port, self.nats_port = free_port(), free_port()
+        self.data_dir = data_dir
         self.log_path = log_path
         with open(log_path, "ab") as out:
             self.proc = subprocess.Popen(
@@ -75,6 +77,10 @@ class Stack:
         """Ctrl-C, as a person would; the exit code."""
         self.proc.send_signal(signal.SIGINT)
         return self.proc.wait(60)
+
+    def nats_url(self, user: str = "admin") -> str:
+        """A URL that signs in to the stack's (locked) NATS as ``user``."""
+        return natsauth.user_url(self.data_dir, user)
 
     @property
     def url(self) -> str:
