@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -35,8 +36,30 @@ def server_binary() -> str:
     )
 
 
+_LOWEST = 10000  # below: the well-known and registered ports people run things on
+_given: set[int] = set()  # ports this process handed out already
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (outgoing connections, binds to port 0)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; elsewhere, the same idea holds roughly
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now on ``host``."""
+    """A TCP port that is free right now on ``host``.
+
+    Chosen below the ephemeral range where there is room: a port from that range can be taken by
+    any outgoing connection or port-0 bind between now and the moment it is bound.
+    """
+    low = _ephemeral_low()
+    for _ in range(200 if low - _LOWEST >= 1000 else 0):
+        port = random.randrange(_LOWEST, low)
+        if port not in _given and port_free(port, host):
+            _given.add(port)
+            return port
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
