@@ -42,3 +42,32 @@ def test_a_user_url_signs_in_and_names_what_is_missing(tmp_path):
     (tmp_path / natsauth.USERS_FILE).write_text("[1, 2]")
     with pytest.raises(ConfigError, match="nats-users.json is not the JSON"):
         natsauth.user_url(tmp_path, "admin")
+
+
+async def test_a_store_the_unlocked_bus_wrote_is_taken_over_by_the_locked_one(tmp_path):
+    import nats
+
+    from digits import cli
+    from digits.natsserver import NatsServer
+
+    store = tmp_path / "jetstream"
+    unlocked = NatsServer(store).start()
+    try:
+        nc = await nats.connect(unlocked.url)
+        kv = await nc.jetstream().create_key_value(bucket="digits-jobs")
+        await kv.put("job-1", b"before the lock")
+        await nc.close()
+    finally:
+        unlocked.stop()
+    cli._adopt_anonymous_store(store)
+    users = natsauth.passwords(tmp_path)
+    locked = NatsServer(
+        store, accounts=natsauth.ACCOUNTS_CONF, env=natsauth.server_env(users)
+    ).start()
+    try:
+        nc = await nats.connect(natsauth.signed_url(locked.url, "admin", users["admin"]))
+        kv = await nc.jetstream().key_value("digits-jobs")
+        assert (await kv.get("job-1")).value == b"before the lock"
+        await nc.close()
+    finally:
+        locked.stop()
