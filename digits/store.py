@@ -319,9 +319,10 @@ class S3Store(Store):
                     r = await self._call(
                         "upload_part", full, PartNumber=n, Body=chunk, **kw, **_CHECKED
                     )
-                    parts.append(
-                        {"PartNumber": n, "ETag": r["ETag"], "ChecksumSHA256": r["ChecksumSHA256"]}
-                    )
+                    part = {"PartNumber": n, "ETag": r["ETag"]}
+                    if r.get("ChecksumSHA256"):  # some S3-compatible servers keep none
+                        part["ChecksumSHA256"] = r["ChecksumSHA256"]
+                    parts.append(part)
                 await self._call(
                     "complete_multipart_upload", full, MultipartUpload={"Parts": parts}, **kw
                 )
