@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tarfile
 import tempfile
 import uuid
@@ -46,6 +47,7 @@ ARCHIVE_FILES = (*MODEL_FILES, *MEAN_FILES)
 CHUNK = 1 << 20
 # Stands in for the upload's key in the checks, until the upload is stored.
 UPLOADED = f"{ARCHIVE_PREFIX}upload.tar.gz"
+ARCHIVE_NAME = re.compile(r"^[0-9a-f]{32}\.tar\.gz$")  # the name store_archive gives
 
 
 def is_classification(dataset: Job) -> bool:
@@ -123,36 +125,51 @@ def _options_error(single: dict[str, Any]) -> str | None:
     return None
 
 
-def _archive_errors(form: dict[str, Any], errors: dict[str, list[str]]) -> None:
-    """An uploaded archive stands instead of previous_networks, never beside it."""
+def archive_prefix(owner: str) -> str:
+    """Where ``owner``'s uploaded archives are kept in the artifact store."""
+    return f"{ARCHIVE_PREFIX}{owner}/"
+
+
+def _archive_errors(
+    form: dict[str, Any], errors: dict[str, list[str]], owner: str, uploading: bool
+) -> None:
+    """An uploaded archive (one of the caller's own) stands instead of previous_networks."""
     archive = str(form.get("pretrained_archive") or "")
     if not archive:
         return
+    own = archive_prefix(owner)
+    name = archive.removeprefix(own)
     if form.get("previous_networks"):
         errors.setdefault(ARCHIVE_FIELD, []).append(
             f"give previous_networks ({form['previous_networks']!r}) or {ARCHIVE_FIELD}, not both"
         )
-    elif archive != UPLOADED and not (
-        archive.startswith(ARCHIVE_PREFIX) and archive.endswith(".tar.gz") and ".." not in archive
+    elif not (archive == UPLOADED and uploading) and not (
+        archive.startswith(own) and ARCHIVE_NAME.match(name) is not None
     ):
         errors.setdefault("pretrained_archive", []).append(
-            f"pretrained_archive {archive!r} is not an uploaded archive"
-            f" ({ARCHIVE_PREFIX}<id>.tar.gz)"
+            f"pretrained_archive {archive!r} is not one of your uploaded archives"
+            f" ({own}<id>.tar.gz)"
         )
 
 
 def check(
-    form: Mapping[str, Any], jobs: Mapping[str, Job], *, generic: bool
+    form: Mapping[str, Any],
+    jobs: Mapping[str, Job],
+    *,
+    generic: bool,
+    owner: str,
+    uploading: bool = False,
 ) -> tuple[str, Job, str, dict[str, Any]]:
     """(name, dataset job, group, checked form), or FormErrors naming every bad field.
 
     ``jobs`` maps job ids to the records the form may refer to (datasets and models). With
     method "pretrained", ``pretrained_archive`` (an uploaded archive's store key) may stand
-    instead of previous_networks.
+    instead of previous_networks, if it is one of ``owner``'s (``uploading``: the page's
+    upload of this request, whose key stands in as UPLOADED until it is stored).
     """
     form = cleaned(form)
     errors: dict[str, list[str]] = {}
-    _archive_errors(form, errors)
+    _archive_errors(form, errors, owner, uploading)
     name, dataset_id, group, checked = "", str(form.get("dataset") or ""), "", {}
     try:
         name, dataset_id, group, checked = model_form(form)
@@ -341,8 +358,8 @@ def _read(tar: tarfile.TarFile, member: tarfile.TarInfo, size: int = -1) -> byte
     return extracted.read(size)
 
 
-def store_archive(path: Path) -> str:
-    """Put a checked archive in the artifact store; its key (uploads/pretrained/<uuid>.tar.gz)."""
-    key = f"{ARCHIVE_PREFIX}{uuid.uuid4().hex}.tar.gz"
+def store_archive(path: Path, owner: str) -> str:
+    """Put a checked archive in the artifact store; its key (under ``archive_prefix(owner)``)."""
+    key = f"{archive_prefix(owner)}{uuid.uuid4().hex}.tar.gz"
     context.bus_client().call(context.artifact_store().put_file(key, path), timeout=600)
     return key

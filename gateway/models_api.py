@@ -51,7 +51,7 @@ def create_generic() -> ResponseReturnValue:
     else:
         form = request.form.to_dict()
     name, dataset, group, checked = model_submit.check(
-        form, model_submit.related_jobs(form), generic=True
+        form, model_submit.related_jobs(form), generic=True, owner=g.user.username
     )
     job_id = model_submit.submit(name, dataset, group, checked, g.user.username)
     return jsonify({"id": job_id, "name": name, "status": STATUS_NAMES[INITIALIZED]})

@@ -64,7 +64,7 @@ def _archive_key(form: dict[str, Any]) -> str | None:
     except ValueError:
         raise ValueError(
             f"pretrained_archive {key!r} is not a store key; expected a relative key "
-            "like 'uploads/pretrained/<id>.tar.gz'"
+            "like 'uploads/pretrained/<owner>/<id>.tar.gz'"
         ) from None
 
 

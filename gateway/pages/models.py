@@ -175,7 +175,11 @@ def _create(generic: bool) -> ResponseReturnValue:
     try:
         try:
             name, dataset, group, checked = model_submit.check(
-                posted, model_submit.related_jobs(posted), generic=generic
+                posted,
+                model_submit.related_jobs(posted),
+                generic=generic,
+                owner=g.user.username,
+                uploading=posted.get("pretrained_archive") == model_submit.UPLOADED,
             )
         except FormErrors as exc:
             errors = {**exc.errors, **errors}
@@ -184,7 +188,7 @@ def _create(generic: bool) -> ResponseReturnValue:
             context = _form_context(generic, posted, errors)
             return page("models/new.html", "models/_form.html", **context), 400
         if archive is not None:
-            checked["pretrained_archive"] = model_submit.store_archive(archive)
+            checked["pretrained_archive"] = model_submit.store_archive(archive, g.user.username)
     finally:
         if archive is not None:
             archive.unlink(missing_ok=True)

@@ -12,7 +12,7 @@ from html import unescape
 import pytest
 
 from digits import jobs, subjects
-from tests.gateway.conftest import ADMIN, add_job, stored_events
+from tests.gateway.conftest import ADMIN, add_job, basic, stored_events
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -108,7 +108,7 @@ def test_an_uploaded_archive_is_stored_and_named_by_model_create(app, browser, b
     assert response.status_code == 303, response.get_data(as_text=True)
     [command] = stored_events(bus_client, subjects.CMD_MODEL_CREATE)
     key = command.form["pretrained_archive"]
-    assert key.startswith("uploads/pretrained/") and key.endswith(".tar.gz")
+    assert key.startswith("uploads/pretrained/admin/") and key.endswith(".tar.gz")
     assert "previous_networks" not in command.form and command.form["method"] == "pretrained"
     assert command.form["previous_network_snapshot"] == 2.0
     assert response.headers["Location"].endswith(command.job_id)
@@ -225,8 +225,38 @@ def test_a_posted_key_is_not_taken_from_the_form(client, browser, bus_client):
         headers=ADMIN,
     )
     assert api.status_code == 400
-    assert "pretrained_archive '../secrets' is not an uploaded archive" in str(api.get_json())
+    assert "pretrained_archive '../secrets' is not one of your uploaded archives" in str(
+        api.get_json()
+    )
     assert stored_events(bus_client, subjects.CMD_MODEL_CREATE) == []
+
+
+def test_an_archive_key_is_taken_only_from_its_owner(app, client, browser, bus_client, accounts):
+    # An upload's key names its owner; the JSON API takes a key only under the caller's own.
+    accounts.create_user("mallory", "pw-mallory-1")
+    ds = dataset(bus_client)
+    assert post(browser, archive(download_format()), dataset=ds.id).status_code == 303
+    [made] = stored_events(bus_client, subjects.CMD_MODEL_CREATE)
+    key = made.form["pretrained_archive"]
+    body = {**FORM, "dataset": dataset(bus_client, "image-segmentation").id, "method": "pretrained"}
+    for forged in (key, "uploads/pretrained/upload.tar.gz", "uploads/pretrained/mallory/x.tar.gz"):
+        refused = client.post(
+            "/models/images/generic.json",
+            json={**body, "pretrained_archive": forged},
+            headers=basic("mallory", "pw-mallory-1"),
+        )
+        assert refused.status_code == 400, forged
+        assert f"pretrained_archive {forged!r} is not one of your uploaded archives" in str(
+            refused.get_json()
+        ), refused.get_json()
+        assert "uploads/pretrained/mallory/<id>.tar.gz" in str(refused.get_json())
+    own = client.post(
+        "/models/images/generic.json", json={**body, "pretrained_archive": key}, headers=ADMIN
+    )
+    assert own.status_code == 200, own.get_json()
+    assert [
+        e.form["pretrained_archive"] for e in stored_events(bus_client, subjects.CMD_MODEL_CREATE)
+    ] == [key, key]
 
 
 @pytest.mark.timeout(180)
