@@ -39,10 +39,18 @@ _encode = msgspec.msgpack.Encoder().encode
 # open (refused, or gone), they poll themselves, so a change shows within about half a second;
 # while one is open they still ask every SAFETY_POLL, in case a notice was lost on the way.
 SAFETY_POLL = "10s"
-POLL = (
-    "load[!window.digitsLive] delay:500ms, "
-    f"load[window.digitsLive] delay:{SAFETY_POLL}, digits-poll, sse:job"
-)
+
+
+def live_trigger(delay: str) -> str:
+    """The hx-trigger of a live partial that polls every ``delay`` while no stream is open."""
+    return (
+        f"load[!window.digitsLive] delay:{delay}, "
+        f"load[window.digitsLive] delay:{SAFETY_POLL}, digits-poll, sse:job"
+    )
+
+
+POLL = live_trigger("500ms")
+MODEL_POLL = live_trigger("1s")  # the model's status partial: training reports per epoch
 TABS = ("datasets", "models")  # the home page's job lists
 ACTIVE = (WAITING, RUNNING)
 PAGE_SIZE = 50  # jobs per page of the home page's lists

@@ -18,7 +18,13 @@ from gateway.context import bus_client, job_store
 from gateway.forms import LR_POLICIES, MEANS, NETWORKS, SOLVERS, FormErrors, redacted
 from gateway.pages import generic_forms
 from gateway.pages.common import may_change, page
-from gateway.pages.jobdata import find_model, last_train_progress, model_or_404, record_digest
+from gateway.pages.jobdata import (
+    MODEL_POLL,
+    find_model,
+    last_train_progress,
+    model_or_404,
+    record_digest,
+)
 from gateway.runtime import conditional, is_htmx
 
 bp = Blueprint("models", __name__)
@@ -260,6 +266,7 @@ def _status_context(job: Job, pending: bool) -> dict[str, Any]:
         ],
         "status_names": STATUS_NAMES,
         "last": last,
+        "poll": MODEL_POLL,
     }
 
 
