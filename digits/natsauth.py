@@ -51,7 +51,8 @@ def signed_url(url: str, user: str, password: str) -> str:
     """``url`` with ``user:password@`` in it, as NATS clients accept."""
     parts = urllib.parse.urlsplit(url)
     auth = f"{urllib.parse.quote(user, safe='')}:{urllib.parse.quote(password, safe='')}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{auth}@{parts.hostname}:{parts.port}"))
+    where = parts.netloc.rsplit("@", 1)[-1]  # host[:port] as written (IPv6 brackets kept)
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{auth}@{where}"))
 
 
 def user_url(data_dir: Path, user: str) -> str:

@@ -39,6 +39,7 @@ def test_a_user_url_signs_in_and_names_what_is_missing(tmp_path):
     with pytest.raises(ConfigError, match="'nobody' is not one of admin"):
         natsauth.user_url(tmp_path, "nobody")
     assert natsauth.signed_url("tls://h:1", "a b", "p@ss/") == "tls://a%20b:p%40ss%2F@h:1"
+    assert natsauth.signed_url("nats://old:pw@[::1]", "u", "p") == "nats://u:p@[::1]"
     (tmp_path / natsauth.USERS_FILE).write_text("[1, 2]")
     with pytest.raises(ConfigError, match="nats-users.json is not the JSON"):
         natsauth.user_url(tmp_path, "admin")
