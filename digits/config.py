@@ -51,6 +51,7 @@ class Settings:
     watch_interval_s: float = 5.0
     log_level: str = "INFO"
     allow_python_networks: bool = False
+    share_jobs: bool = False  # every user may use every job (DIGITS's behaviour); else owners'
     train_gpus: tuple[int, ...] = ()  # GPUs a training worker may use; empty: all it has
 
     def __post_init__(self) -> None:
@@ -124,6 +125,8 @@ class Settings:
             kw["allow_python_networks"] = _bool(
                 "DIGITS_ALLOW_PYTHON_NETWORKS", get("DIGITS_ALLOW_PYTHON_NETWORKS", "")
             )
+        if get("DIGITS_SHARE_JOBS"):
+            kw["share_jobs"] = _bool("DIGITS_SHARE_JOBS", get("DIGITS_SHARE_JOBS", ""))
         if get("DIGITS_TRAIN_GPUS", "").strip():
             kw["train_gpus"] = _indexes("DIGITS_TRAIN_GPUS", get("DIGITS_TRAIN_GPUS", ""))
         kw.update(overrides)
@@ -176,6 +179,8 @@ class Settings:
             env["DIGITS_DATA_ROOTS"] = os.pathsep.join(self.data_roots)
         if self.allow_python_networks:
             env["DIGITS_ALLOW_PYTHON_NETWORKS"] = "1"
+        if self.share_jobs:
+            env["DIGITS_SHARE_JOBS"] = "1"
         if self.train_gpus:
             env["DIGITS_TRAIN_GPUS"] = ",".join(str(i) for i in self.train_gpus)
         return env

@@ -18,6 +18,7 @@ from digits.jobs import (
     JobNotFound,
     new_job_id,
 )
+from gateway import model_submit
 from gateway.accounts import AccountError
 from gateway.auth import api_login_required, current_user
 from gateway.context import accounts_of
@@ -25,9 +26,7 @@ from gateway.context import bus_client as _bus
 from gateway.context import job_store as _jobs
 from gateway.context import pending as _pending
 from gateway.forms import (
-    FormErrors,
     dataset_form,
-    model_form,
     plugin_dataset_form,
     plugin_form,
     redacted,
@@ -248,23 +247,12 @@ def show_dataset(job_id: str) -> ResponseReturnValue:
 @api_login_required
 def create_model() -> ResponseReturnValue:
     """Check the form and publish model.create; the new job's id."""
-    name, dataset_id, group, checked = model_form(_form_data())
-    try:
-        dataset = _bus().call(_jobs().get(dataset_id))
-    except JobNotFound:
-        dataset = None
-    if dataset is None or dataset.type != "dataset":
-        raise FormErrors({"dataset": [f"no dataset with id {dataset_id!r}"]})
-    job_id = new_job_id()
-    owner = current_user().username
-    _publish(
-        events.ModelCreate(
-            name=name, dataset_id=dataset_id, form=checked, group=group, owner=owner, job_id=job_id
-        )
+    form = _form_data()
+    name, dataset, group, checked = model_submit.check(
+        form, model_submit.related_jobs(form), generic=False, owner=current_user().username
     )
-    summary = {"id": job_id, "name": name, "status": STATUS_NAMES[INITIALIZED]}
-    _pending().add(job_id, summary | {"type": "model", "owner": owner, "group": group})
-    return jsonify(summary)  # 200, as DIGITS answered
+    job_id = model_submit.submit(name, dataset, group, checked, current_user().username)
+    return jsonify({"id": job_id, "name": name, "status": STATUS_NAMES[INITIALIZED]})  # as DIGITS
 
 
 @bp.get("/models/<job_id>.json")

@@ -36,6 +36,12 @@ class _Checker:
         self.form = form
         self.out: dict[str, Any] = {k: v for k, v in form.items() if k not in _OWN}
         self.errors: dict[str, list[str]] = {}
+        if "secret_ref" in form:  # made by the gateway when it seals keys; never taken
+            self.error(
+                "secret_ref",
+                f"secret_ref {form['secret_ref']!r} cannot be given: send the keys themselves"
+                " (they are sealed for you), or clone your own job to reuse its keys",
+            )
 
     def error(self, name: str, message: str) -> None:
         """Record an error of field ``name``."""

@@ -9,7 +9,7 @@ import nats.errors
 from flask import abort
 
 from digits.jobs import Job, JobNotFound
-from gateway import context
+from gateway import context, ownership
 from gateway.forms import FormErrors
 
 ONE_TIMEOUT_S = 60.0
@@ -24,8 +24,8 @@ def model_id(form: dict[str, Any]) -> str:
     return model_job(job_id).id
 
 
-def model_job(job_id: str) -> Job:
-    """The model job of ``job_id``, or a 404 naming the id."""
+def model_job(job_id: str, use: str = "run") -> Job:
+    """The model job of ``job_id`` (a 404 naming the id), if the caller may ``use`` it (a 403)."""
     bus_client = context.bus_client()
     assert bus_client.jobs is not None
     try:
@@ -34,6 +34,7 @@ def model_job(job_id: str) -> Job:
         job = None
     if job is None or job.type != "model":
         abort(404, description=f"no model with id {job_id!r}")
+    ownership.require_use(job, use)
     return job
 
 

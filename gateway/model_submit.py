@@ -27,7 +27,7 @@ from digits.models.augment import Augment
 from digits.models.layout import INFO, MEAN_FILES, MODEL_FILES, SAVED_MODEL, SNAPSHOT_NAME
 from digits.models.lr_policies import DIGITS_FORM_DEFAULTS, policy_from_form
 from digits.models.options import TrainOptions
-from gateway import context
+from gateway import context, ownership
 from gateway.forms import FormErrors, model_form
 
 CLASSIFICATION = events.CLASSIFICATION
@@ -184,12 +184,16 @@ def check(
         errors.setdefault("dataset", []).append(
             f"dataset {dataset.name!r} ({dataset_id}) is {dataset.extension!r}, not {wanted}"
         )
+    elif dataset is not None and (reason := ownership.refusal(dataset, "train on")):
+        errors.setdefault("dataset", []).append(reason)
     previous_id = str(form.get("previous_networks") or "")
     if previous_id and "previous_networks" not in errors:
         previous = jobs.get(previous_id)
         snapshots = [float(s) for s in (previous.extra.get("snapshots") or [])] if previous else []
         if previous is None or previous.type != "model":
             errors["previous_networks"] = [f"no model with id {previous_id!r}"]
+        elif reason := ownership.refusal(previous, "start from"):
+            errors["previous_networks"] = [reason]
         elif not snapshots:
             errors["previous_networks"] = [f"model {previous_id} has no snapshot yet"]
         elif (

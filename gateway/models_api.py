@@ -151,7 +151,7 @@ def _stream(
 @page_or_api_login_required
 def download(job_id: str, fmt: str = "tar.gz") -> ResponseReturnValue:
     """The model archive (.tar.gz or .zip): snapshot(s), SavedModel, info, labels, mean."""
-    job = model_job(job_id)
+    job = model_job(job_id, use="download")
     epochs = _epochs(job)
     entries = _entries(job, epochs)
     tag = "all" if len(epochs) > 1 else f"epoch_{epochs[0]:g}"

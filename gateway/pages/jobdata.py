@@ -30,6 +30,7 @@ from digits.jobs import (
     JobNotFound,
 )
 from digits.store import StoreError, open_store
+from gateway import ownership
 from gateway.context import bus_client, job_store, pending
 from gateway.jobcache import JobSummary, Listing
 from gateway.pages.common import fragments
@@ -89,11 +90,16 @@ def find_model(job_id: str) -> tuple[Job | None, bool]:
     return (job, False) if job.type == "model" else (None, False)
 
 
-def model_or_404(job_id: str) -> Job:
-    """The model job (or the pending one this gateway submitted), else a 404 naming the id."""
+def model_or_404(job_id: str, use: str | None = "run") -> Job:
+    """The model job (or the pending one this gateway submitted) the caller may ``use``.
+
+    A 404 names an unknown id; a 403 names another user's model. ``use=None`` only reads it.
+    """
     job, _ = find_model(job_id)
     if job is None:
         abort(404, description=f"no model with id {job_id!r}")
+    if use:
+        ownership.require_use(job, use)
     return job
 
 

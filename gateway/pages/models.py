@@ -12,7 +12,7 @@ from flask.typing import ResponseReturnValue
 from digits.jobs import STATUS_NAMES, TERMINAL, Job, JobNotFound
 from digits.models.augment import FLIPS, QUAD_ROTS
 from digits.models.lr_policies import DIGITS_FORM_DEFAULTS
-from gateway import model_progress, model_submit
+from gateway import model_progress, model_submit, ownership
 from gateway.auth import page_login_required
 from gateway.context import bus_client, job_store
 from gateway.forms import LR_POLICIES, MEANS, NETWORKS, SOLVERS, FormErrors, redacted
@@ -101,10 +101,15 @@ def _form_context(generic: bool, values: dict[str, Any], errors: dict[str, list[
     """
     job_store()  # 503 while not connected
     client = bus_client()
+    mine = ownership.usable()  # the pickers list only what the user may train on
     datasets, dataset_count = client.pick(
-        "dataset", lambda j: generic != model_submit.is_classification(j), PICKER_LIMIT
+        "dataset",
+        lambda j: mine(j.owner) and generic != model_submit.is_classification(j),
+        PICKER_LIMIT,
     )
-    models, model_count = client.pick("model", lambda j: bool(_snapshots(j)), PICKER_LIMIT)
+    models, model_count = client.pick(
+        "model", lambda j: mine(j.owner) and bool(_snapshots(j)), PICKER_LIMIT
+    )
     merged = {**DEFAULTS, **values}
     datasets = _with_chosen(list(datasets), str(merged.get("dataset") or ""), "dataset")
     models = _with_chosen(list(models), str(merged.get("previous_networks") or ""), "model")
@@ -127,7 +132,7 @@ def _new(generic: bool) -> ResponseReturnValue:
     values: dict[str, Any] = {}
     clone = request.args.get("clone", "").strip()
     if clone:
-        source = model_or_404(clone)
+        source = model_or_404(clone, use=None)  # a clone reads the form
         values = {
             **redacted(source.form),
             "dataset": source.depends_on[0] if source.depends_on else "",
@@ -294,6 +299,7 @@ def show(job_id: str) -> ResponseReturnValue:
         options=redacted(job.form),
         generic=generic,
         live_url=f"/events?job={job.id}" if context["running"] else None,
+        may_use=ownership.may_use(job.owner),
         **context,
     )
 

@@ -107,7 +107,7 @@ def test_model_form_errors_and_an_unknown_dataset(client):
     errors = client.post("/models/images/classification.json", data=bad, headers=ADMIN).get_json()[
         "errors"
     ]
-    assert set(errors) == {"solver_type", "learning_rate"}
+    assert set(errors) == {"solver_type", "learning_rate", "dataset"}  # every error at once
     missing = client.post(
         "/models/images/classification.json", data={**MODEL_FORM, "dataset": "nope"}, headers=ADMIN
     )
