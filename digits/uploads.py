@@ -111,9 +111,10 @@ async def sweep(
         log.info("upload sweep: removed %s (%.1f h old, no job refers to it)", obj.key, age_h)
         report.removed.append(obj.key)
     log.info(
-        "upload sweep%s: %d removed, %d kept (referenced), %d kept (younger than %gs), %d failed",
+        "upload sweep%s: %d %s, %d kept (referenced), %d kept (younger than %gs), %d failed",
         " (dry run)" if dry_run else "",
         len(report.removed),
+        "to remove" if dry_run else "removed",
         len(report.referenced),
         len(report.fresh),
         ttl_s,
