@@ -1,4 +1,4 @@
-"""The ``digits`` command: ``up`` (the embedded stack), ``init``, ``secret-key``."""
+"""The ``digits`` command: ``up`` (the embedded stack), ``init``, ``sweep``, ``secret-key``."""
 
 from __future__ import annotations
 
@@ -307,6 +307,47 @@ async def _serve(
     await rt.wait()
 
 
+def sweep(args: argparse.Namespace) -> int:
+    """Remove uploads older than the TTL that no job refers to; print what went, as JSON."""
+    import json
+
+    from digits.jobs import JobError
+    from digits.store import StoreError
+
+    settings = Settings.from_env()
+    ttl = settings.upload_ttl_s if args.ttl is None else args.ttl
+    if ttl <= 0:
+        print(
+            f"digits sweep: --ttl {args.ttl!r} must be a positive number of seconds",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        report = asyncio.run(_sweep(settings, ttl, args.dry_run))
+    except (OSError, TimeoutError, JobError, StoreError, nats.errors.Error) as exc:
+        reason = getattr(exc, "description", None) or str(exc) or repr(exc)
+        print(f"digits sweep: {reason}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=1))
+    return 1 if report["failed"] else 0
+
+
+async def _sweep(settings: Settings, ttl: float, dry_run: bool) -> dict[str, object]:
+    from digits import subjects, uploads
+    from digits.jobs import JobStore
+    from digits.store import store_from_settings
+
+    nc = await bus.connect(settings, "digits-sweep", max_reconnect_attempts=5)
+    try:
+        js = nc.jetstream()
+        jobs = JobStore(js, await js.key_value(subjects.KV_JOBS))
+        async with store_from_settings(settings) as store:
+            report = await uploads.sweep(store, jobs, ttl, dry_run=dry_run)
+        return report.to_dict()
+    finally:
+        await nc.close()
+
+
 def secret_key(args: argparse.Namespace) -> int:
     """Print a new key for DIGITS_SECRET_KEY."""
     from digits.secrets import SecretBox
@@ -350,6 +391,10 @@ def parser() -> argparse.ArgumentParser:
     p_user.add_argument("user", help="integrator (outside systems), admin (operators), ...")
     p_user.add_argument("--data-dir", default=os.environ.get("DIGITS_DATA_DIR", "~/.digits"))
     p_user.set_defaults(func=nats_user)
+    p_sweep = sub.add_parser("sweep", help="remove old uploads that no job refers to (JSON out)")
+    p_sweep.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
+    p_sweep.add_argument("--ttl", type=float, help="seconds (default DIGITS_UPLOAD_TTL_S)")
+    p_sweep.set_defaults(func=sweep)
     p_key = sub.add_parser("secret-key", help="print a new DIGITS_SECRET_KEY")
     p_key.set_defaults(func=secret_key)
     return p

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from digits import bus, events
+from digits import bus, events, uploads
 from digits.jobs import ABORTED, STATUS_NAMES, TERMINAL, JobError, JobStore
 from digits.store import Store
 
@@ -48,11 +48,13 @@ async def handle_job_command(
     """Decode a job command and carry it out; a refusal is published as command.rejected."""
     cmd = events.decode(msg.data, JobCommand)  # malformed: the worker dead-letters it
     try:
-        job_type = (await jobs.get(cmd.job_id)).type
+        job = await jobs.get(cmd.job_id)
         await HANDLERS[type(cmd)](jobs, cmd)
         if isinstance(cmd, events.JobDelete) and store is not None:
-            # The record is gone; its files follow (datasets/<id>/ or models/<id>/).
-            await store.delete_prefix(f"{job_type}s/{cmd.job_id}/")
+            # The record is gone; its files follow (datasets/<id>/ or models/<id>/), and its
+            # uploads unless another job uses them.
+            await store.delete_prefix(f"{job.type}s/{cmd.job_id}/")
+            await uploads.release(store, jobs, job)
     except JobError as exc:
         log.info("%s %s rejected: %s", events.tag_of(type(cmd)), cmd.job_id, exc)
         await reject(js, cmd, str(exc))

@@ -53,6 +53,8 @@ class Settings:
     allow_python_networks: bool = False
     share_jobs: bool = False  # every user may use every job (DIGITS's behaviour); else owners'
     train_gpus: tuple[int, ...] = ()  # GPUs a training worker may use; empty: all it has
+    upload_ttl_s: float = 86400.0  # an upload no job refers to is removed once this old
+    upload_sweep_s: float = 3600.0  # how often an ingest service sweeps uploads; 0: never
 
     def __post_init__(self) -> None:
         if not self.store_url:
@@ -127,6 +129,15 @@ class Settings:
             )
         if get("DIGITS_SHARE_JOBS"):
             kw["share_jobs"] = _bool("DIGITS_SHARE_JOBS", get("DIGITS_SHARE_JOBS", ""))
+        if get("DIGITS_UPLOAD_TTL_S"):
+            kw["upload_ttl_s"] = _float(
+                "DIGITS_UPLOAD_TTL_S", get("DIGITS_UPLOAD_TTL_S", ""), 60.0, 31_536_000.0
+            )
+        if get("DIGITS_UPLOAD_SWEEP_S"):
+            sweep = get("DIGITS_UPLOAD_SWEEP_S", "")
+            kw["upload_sweep_s"] = _float("DIGITS_UPLOAD_SWEEP_S", sweep, 0.0, 604800.0)
+            if 0 < float(sweep) < 1:
+                raise ConfigError(f"DIGITS_UPLOAD_SWEEP_S={sweep!r}: expected 0 (off) or 1..604800")
         if get("DIGITS_TRAIN_GPUS", "").strip():
             kw["train_gpus"] = _indexes("DIGITS_TRAIN_GPUS", get("DIGITS_TRAIN_GPUS", ""))
         kw.update(overrides)
@@ -163,6 +174,8 @@ class Settings:
             "DIGITS_WATCH_INTERVAL_S": str(self.watch_interval_s),
             "DIGITS_LOG_LEVEL": self.log_level,
             "DIGITS_HEALTH_HOST": self.health_host,
+            "DIGITS_UPLOAD_TTL_S": str(self.upload_ttl_s),
+            "DIGITS_UPLOAD_SWEEP_S": str(self.upload_sweep_s),
         }
         optional = {
             "DIGITS_NATS_CREDS": self.nats_creds,

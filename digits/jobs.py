@@ -83,6 +83,9 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     history: list[StatusEntry] = msgspec.field(default_factory=list)
     stages: list[Stage] = msgspec.field(default_factory=list)
     depends_on: list[str] = msgspec.field(default_factory=list)
+    # Store keys of the uploads the job uses (an uploaded pretrained archive): they stay while
+    # the record does, and go with it when it is deleted (see digits/uploads.py).
+    uploads: list[str] = msgspec.field(default_factory=list)
     created_at: float = msgspec.field(default_factory=time.time)
     error: str = ""
     extra: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -211,14 +214,22 @@ class JobStore:
         """Every job id in the bucket, sorted (deleted jobs are not)."""
         return sorted(await self._scan(headers_only=True))
 
-    async def list(self, where: Callable[[JobBrief], bool] | None = None) -> list[Job]:
-        """Every job (those whose brief passes ``where``, if given), newest first."""
+    async def list(
+        self, where: Callable[[JobBrief], bool] | None = None, *, strict: bool = False
+    ) -> list[Job]:
+        """Every job (those whose brief passes ``where``, if given), newest first.
+
+        A record that cannot be decoded is logged and skipped, or with ``strict`` raises
+        JobError (for callers that must see every record, such as the upload sweep).
+        """
         found = []
         for key, (value, _) in (await self._scan()).items():
             try:
                 if where is None or where(_decode_brief(value)):
                     found.append(_decode(value))
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                if strict:
+                    raise JobError(f"job record {key} cannot be decoded: {exc}") from None
                 log.warning("job record %s cannot be decoded: %s", key, exc)
         return sorted(found, key=lambda j: j.created_at, reverse=True)
 

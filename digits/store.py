@@ -9,6 +9,7 @@ import shutil
 import uuid
 from abc import ABC, abstractmethod
 from contextlib import AsyncExitStack, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -31,6 +32,15 @@ class NotFoundError(StoreError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "not found"
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object as listed: its key, its size in bytes, when it was last written (epoch s)."""
+
+    key: str
+    size: int
+    modified: float
 
 
 def check_key(key: str, *, prefix: bool = False) -> str:
@@ -123,6 +133,10 @@ class Store(ABC):
         """Every key that starts with ``prefix``, sorted."""
 
     @abstractmethod
+    async def list_objects(self, prefix: str = "") -> list[StoredObject]:
+        """Every object under ``prefix`` with its size and modified time, sorted by key."""
+
+    @abstractmethod
     async def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is not an error."""
 
@@ -192,6 +206,16 @@ class FileStore(Store):
                     keys.append(key)
         return sorted(keys)
 
+    def _list_objects(self, prefix: str) -> list[StoredObject]:
+        found = []
+        for key in self._list(prefix):
+            try:
+                st = (self.root / key).stat()
+            except FileNotFoundError:
+                continue  # removed since it was listed
+            found.append(StoredObject(key=key, size=st.st_size, modified=st.st_mtime))
+        return found
+
     def _delete_prefix(self, prefix: str) -> int:
         keys = self._list(_nonempty(prefix))
         for key in keys:
@@ -222,6 +246,9 @@ class FileStore(Store):
 
     async def list(self, prefix: str = "") -> list[str]:
         return await asyncio.to_thread(self._list, prefix)
+
+    async def list_objects(self, prefix: str = "") -> list[StoredObject]:
+        return await asyncio.to_thread(self._list_objects, prefix)
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(lambda: self._path(key).unlink(missing_ok=True))
@@ -360,19 +387,36 @@ class S3Store(Store):
             return False
         return True
 
-    async def list(self, prefix: str = "") -> list[str]:
+    async def _listed(self, prefix: str) -> list[dict[str, Any]]:
+        """The raw entries (Key, Size, LastModified) under ``prefix``, page by page."""
         full = self._key(prefix, prefix=True)
-        cut = len(self.prefix) + 1 if self.prefix else 0
         token: dict[str, str] = {}
-        keys = []
+        entries: list[dict[str, Any]] = []
         while True:
             page = await self._call(
                 "list_objects_v2", full, Prefix=full, MaxKeys=self.page_size, **token
             )
-            keys += [obj["Key"][cut:] for obj in page.get("Contents", ())]
+            entries += page.get("Contents", ())
             if not page.get("IsTruncated"):
-                return sorted(keys)
+                return entries
             token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    def _relative(self, full: str) -> str:
+        return full[len(self.prefix) + 1 :] if self.prefix else full
+
+    async def list(self, prefix: str = "") -> list[str]:
+        return sorted(self._relative(obj["Key"]) for obj in await self._listed(prefix))
+
+    async def list_objects(self, prefix: str = "") -> list[StoredObject]:
+        found = [
+            StoredObject(
+                key=self._relative(obj["Key"]),
+                size=int(obj.get("Size", 0)),
+                modified=obj["LastModified"].timestamp(),
+            )
+            for obj in await self._listed(prefix)
+        ]
+        return sorted(found, key=lambda o: o.key)
 
     async def delete(self, key: str) -> None:
         full = self._key(key)

@@ -20,7 +20,7 @@ from typing import Any
 from flask import current_app
 from werkzeug.datastructures import FileStorage
 
-from digits import bus, events
+from digits import bus, events, uploads
 from digits.jobs import INITIALIZED, STATUS_NAMES, Job, JobNotFound, new_job_id
 from digits.models.archive import MAX_MEMBERS, MAX_TOTAL_BYTES, safe_name
 from digits.models.augment import Augment
@@ -41,7 +41,7 @@ METHOD_FIELDS = {
 }
 # A pretrained model uploaded as the archive that /models/<id>/download makes.
 ARCHIVE_FIELD = "pretrained_archive_file"
-ARCHIVE_PREFIX = "uploads/pretrained/"
+ARCHIVE_PREFIX = f"{uploads.PREFIX}pretrained/"
 DEFAULT_ARCHIVE_BYTES = 512 << 20  # app config PRETRAINED_MAX_BYTES overrides it
 ARCHIVE_FILES = (*MODEL_FILES, *MEAN_FILES)
 CHUNK = 1 << 20

@@ -10,11 +10,11 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 
-from digits import subjects
+from digits import subjects, uploads
 from digits.commands import handle_job_command
 from digits.extensions.data import get_extensions
 from digits.secrets import SecretBox, SecretStore
-from digits.service import ServiceRuntime, main
+from digits.service import ServiceRuntime, main, periodically
 from digits.store import store_from_settings
 from ingest_service.encode import watch_parent
 from ingest_service.pipeline import Pipeline
@@ -69,6 +69,14 @@ async def setup(rt: ServiceRuntime) -> None:
     watcher = Watcher(pipeline)
     rt.add_worker(subjects.CONSUMERS[subjects.CONSUMER_S3_NOTIFICATIONS], watcher.on_notification)
     rt.background(watcher.run(rt.stop))
+    if settings.upload_sweep_s > 0:
+        # Deleting a job removes its uploads; the sweep removes those that no job refers to.
+        jobs = rt.jobs
+
+        async def sweep() -> None:
+            await uploads.sweep(store, jobs, settings.upload_ttl_s)
+
+        rt.background(periodically(rt.stop, settings.upload_sweep_s, sweep, "upload sweep"))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from digits import bus, events, jobs
+from digits import bus, events, jobs, uploads
 from digits.commands import reject
 from digits.jobs import Job, JobNotFound, JobStore
 from digits.service import periodically
@@ -95,6 +95,7 @@ class Scheduler:
                 owner=cmd.owner,
                 form=form,
                 depends_on=[cmd.dataset_id],
+                uploads=uploads.form_uploads(form),  # kept while this record lives
             )
             try:
                 job = await self.jobs.create(job)

@@ -338,6 +338,13 @@ def test_fine_tune_from_an_uploaded_download_of_a_trained_lenet(
         started = info["started_from"]
         assert started["archive"] == command.form["pretrained_archive"], info
         assert started["snapshot"] == "epoch-1.keras" and not started["replaced_head"]
+        # The job record names its upload; deleting the job removes it (and the job's files).
+        key, client = command.form["pretrained_archive"], bus_of(app)
+        assert client.call(client.jobs.get(tuned)).uploads == [key]
+        assert (tmp_path / "store" / key).is_file()
+        assert browser.client.delete(f"/jobs/{tuned}", headers=ADMIN).status_code == 200
+        wait_for_sync(lambda: not (tmp_path / "store" / key).exists(), timeout=30)
+        assert not (tmp_path / "store" / "models" / tuned).exists()
     finally:
         bus_of(app).close()
 

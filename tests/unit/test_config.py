@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -53,3 +54,18 @@ def test_bad_values_are_named(var, value, message):
 def test_the_secret_key_never_shows_in_repr():
     settings = Settings.from_env({"DIGITS_SECRET_KEY": "s3cr3t-key-material"})
     assert "s3cr3t" not in repr(settings)
+
+
+def test_the_upload_ttl_and_sweep_period():
+    assert (Settings().upload_ttl_s, Settings().upload_sweep_s) == (86400.0, 3600.0)
+    env = {"DIGITS_UPLOAD_TTL_S": "7200", "DIGITS_UPLOAD_SWEEP_S": "0"}
+    settings = Settings.from_env(env)
+    assert (settings.upload_ttl_s, settings.upload_sweep_s) == (7200.0, 0.0)
+    assert Settings.from_env(settings.to_env()) == settings
+    bad = {
+        "DIGITS_UPLOAD_TTL_S": ("10", "DIGITS_UPLOAD_TTL_S='10' is out of range; expected 60.0"),
+        "DIGITS_UPLOAD_SWEEP_S": ("0.5", "DIGITS_UPLOAD_SWEEP_S='0.5': expected 0 (off) or 1"),
+    }
+    for var, (value, message) in bad.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            Settings.from_env({var: value})

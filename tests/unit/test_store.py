@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -173,6 +174,42 @@ async def test_file_never_escapes_root(tmp_path: Path) -> None:
     assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
 
 
+async def test_file_list_objects_gives_sizes_and_modified_times(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "root")
+    await store.put("uploads/pretrained/a/1.tar.gz", b"x" * 10)
+    await store.put("uploads/pretrained/b.tar.gz", b"yy")
+    await store.put("models/m/info.json", b"{}")
+    old = time.time() - 7200
+    os.utime(tmp_path / "root" / "uploads/pretrained/b.tar.gz", (old, old))
+    # A write in progress (its temporary name) is not an object yet.
+    (tmp_path / "root" / "uploads/pretrained/.c.tar.gz.{}.tmp".format("0" * 32)).write_bytes(b"")
+    found = await store.list_objects("uploads/")
+    assert [(o.key, o.size) for o in found] == [
+        ("uploads/pretrained/a/1.tar.gz", 10),
+        ("uploads/pretrained/b.tar.gz", 2),
+    ]
+    assert abs(found[0].modified - time.time()) < 60 and found[1].modified == pytest.approx(old)
+    assert [o.key for o in await store.list_objects()] == await store.list()
+    assert await store.list_objects("nothing/") == []
+
+
+async def test_file_list_objects_skips_a_key_removed_while_listing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FileStore(tmp_path / "root")
+    for name in ("a", "b", "c"):
+        await store.put(f"uploads/{name}", name.encode())
+    real_list = store._list
+
+    def list_then_remove(prefix: str) -> list[str]:
+        keys = real_list(prefix)
+        (tmp_path / "root" / "uploads" / "b").unlink()  # another sweep got there first
+        return keys
+
+    monkeypatch.setattr(store, "_list", list_then_remove)
+    assert [o.key for o in await store.list_objects("uploads/")] == ["uploads/a", "uploads/c"]
+
+
 async def test_open_store_file_and_settings(tmp_path: Path) -> None:
     root = tmp_path / "with space"
     store = open_store(root.as_uri())
@@ -323,6 +360,22 @@ async def test_s3_list_paginates(moto_url: str, bucket: str) -> None:
         assert calls.count("list_objects_v2") == 4
         assert await store.delete_prefix("d") == 7
         assert await store.list() == ["e/0"]
+    finally:
+        await store.close()
+
+
+async def test_s3_list_objects_gives_sizes_and_modified_times(moto_url: str, bucket: str) -> None:
+    store = S3Store(bucket, "p", endpoint_url=moto_url, page_size=2, **CREDS)
+    try:
+        before = time.time()
+        for i in range(5):
+            await store.put(f"uploads/{i}", b"z" * i)
+        await store.put("models/m/info.json", b"{}")
+        found = await store.list_objects("uploads/")
+        assert [(o.key, o.size) for o in found] == [(f"uploads/{i}", i) for i in range(5)]
+        # S3 keeps whole seconds: the server's time of each write, near this machine's.
+        assert all(before - 5 <= o.modified <= time.time() + 5 for o in found)
+        assert [o.key for o in await store.list_objects()] == await store.list()
     finally:
         await store.close()
 
