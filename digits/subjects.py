@@ -50,6 +50,8 @@ KV_JOBS = "digits-jobs"
 KV_SECRETS = "digits-secrets"
 KV_IDEM = "digits-idem"
 KV_USERS = "digits-users"
+KV_LOGINS = "digits-logins"  # failed logins, shared by the gateway replicas
+KV_PENDING = "digits-pending"  # jobs a gateway submitted that no service has stored yet
 
 # Durable consumers.
 CONSUMER_JOB_COMMANDS = "job-commands"
@@ -147,4 +149,11 @@ KV_BUCKETS: dict[str, dict] = {
     KV_SECRETS: {"history": 1, "description": "encrypted credentials"},
     KV_IDEM: {"history": 1, "ttl": 7 * DAY, "description": "idempotency claims"},
     KV_USERS: {"history": 1, "description": "gateway users and API token hashes"},
+    # The gateways' short-lived shared state: the TTL ends an entry after its last write.
+    KV_LOGINS: {
+        "history": 1,
+        "ttl": 15 * 60.0,
+        "description": "recent failed logins (hashed keys)",
+    },
+    KV_PENDING: {"history": 1, "ttl": 300.0, "description": "just-submitted jobs, not stored yet"},
 }

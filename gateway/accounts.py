@@ -1,7 +1,8 @@
 """Gateway users in the ``digits-users`` KV bucket: scrypt password hashes and API token hashes.
 
 KV I/O runs on the bus client's event loop; password hashing runs on the caller's thread, so a
-slow scrypt never stalls the shared NATS connection.
+slow scrypt never stalls the shared NATS connection. Failed logins are counted in the
+``digits-logins`` bucket, so every gateway replica sees the same count.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
+import nats.errors
 import nats.js.errors
 from nats.js.kv import KeyValue
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -264,9 +266,13 @@ class Accounts:
 
 
 class LoginLimiter:
-    """At most ``limit`` failed logins per (username, remote address) per ``window_s``."""
+    """At most ``limit`` failed logins per (username, remote) per ``window_s``, in-process."""
 
     def __init__(self, limit: int = 5, window_s: float = 60.0) -> None:
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"LOGIN_LIMIT {limit!r} must be a whole number of at least 1")
+        if not window_s > 0:
+            raise ValueError(f"LOGIN_WINDOW_S {window_s!r} must be more than 0 seconds")
         self.limit = limit
         self.window_s = window_s
         self._failures: dict[tuple[str, str], deque[float]] = {}
@@ -294,3 +300,119 @@ class LoginLimiter:
             self._recent((username, remote), now).append(now)
             if len(self._failures) > 100_000:  # bound memory under a spray of usernames
                 self._failures = {k: v for k, v in self._failures.items() if v}
+
+
+LIMITER_BUS_TIMEOUT_S = 2.0  # a login waits at most this long for the bucket, then goes on without
+UNREACHABLE_LOG_S = 60.0  # the bucket being unreachable is logged at most this often
+_encode_times = msgspec.msgpack.Encoder().encode
+_decode_times = msgspec.msgpack.Decoder(list[float]).decode
+
+
+def login_key(username: str, remote: str) -> str:
+    """The ``digits-logins`` key of (username, remote): a sha256, so any name makes a valid key."""
+    raw = f"{username}\0{remote}".encode("utf-8", "surrogatepass")
+    return f"login.{hashlib.sha256(raw).hexdigest()}"
+
+
+class SharedLoginLimiter(LoginLimiter):
+    """The login limiter of all gateway replicas: failure times in ``digits-logins``, CAS-counted.
+
+    A key holds the wall-clock times of the last ``limit`` failures of one (username, remote);
+    the bucket's TTL drops it once no failure came for that long. Every failure is counted
+    in-process too: while the bucket cannot be reached (or answers slower than
+    LIMITER_BUS_TIMEOUT_S), this gateway goes on with its own count alone and logs it, so a login
+    never hangs on the bus and an unreachable bus never turns the limit off.
+    """
+
+    def __init__(
+        self, bus_client: BusClient, kv: KeyValue, limit: int = 5, window_s: float = 60.0
+    ) -> None:
+        super().__init__(limit, window_s)
+        ttl = subjects.KV_BUCKETS[subjects.KV_LOGINS]["ttl"]
+        if window_s > ttl:
+            raise ValueError(
+                f"LOGIN_WINDOW_S {window_s!r} is longer than the {subjects.KV_LOGINS} bucket "
+                f"keeps an entry ({ttl:g} s)"
+            )
+        self.bus = bus_client
+        self.kv = kv
+        self._logged_at = -UNREACHABLE_LOG_S
+
+    @classmethod
+    def open(
+        cls, bus_client: BusClient, limit: int = 5, window_s: float = 60.0
+    ) -> SharedLoginLimiter:
+        """Open ``digits-logins`` through the bus client's connection."""
+        assert bus_client.nc is not None
+        js = bus_client.nc.jetstream()
+        kv = bus_client.call(js.key_value(subjects.KV_LOGINS))
+        return cls(bus_client, kv, limit, window_s)
+
+    # --- KV access (on the bus loop) ---------------------------------------------------------
+
+    async def _read(self, key: str) -> tuple[list[float], int | None]:
+        try:
+            entry = await self.kv.get(key)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return [], None
+        try:
+            times = _decode_times(entry.value or b"")
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.warning("%s: replacing an unreadable entry", subjects.KV_LOGINS)
+            times = []
+        return times, entry.revision
+
+    async def _count(self, key: str, now: float) -> None:
+        for _ in range(50):
+            times, revision = await self._read(key)
+            kept = [t for t in times if now - t < self.window_s]
+            data = _encode_times((kept + [now])[-self.limit :])
+            try:
+                if revision is None:
+                    await self.kv.create(key, data)
+                else:
+                    await self.kv.update(key, data, last=revision)
+                return
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # another replica counted one at the same time: read it again
+        log.warning("%s: gave up after 50 conflicting updates", subjects.KV_LOGINS)
+
+    def _unreachable(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._logged_at >= UNREACHABLE_LOG_S:
+            self._logged_at = now
+            log.warning(
+                "%s cannot be reached (%s): failed logins are counted in this gateway only",
+                subjects.KV_LOGINS,
+                type(exc).__name__,
+            )
+
+    # --- the limiter -------------------------------------------------------------------------
+
+    def blocked(self, username: str, remote: str) -> float:
+        """Seconds until another attempt is allowed (0: allowed now), over all replicas."""
+        here = super().blocked(username, remote)
+        try:
+            times, _ = self.bus.call(
+                self._read(login_key(username, remote)), timeout=LIMITER_BUS_TIMEOUT_S
+            )
+        except (OSError, nats.errors.Error) as exc:
+            self._unreachable(exc)
+            return here
+        now = time.time()
+        recent = sorted(t for t in times if now - t < self.window_s)
+        if len(recent) < self.limit:
+            return here
+        shared = min(self.window_s - (now - recent[-self.limit]), self.window_s)
+        return max(here, shared, 0.0)
+
+    def failed(self, username: str, remote: str) -> None:
+        """Count a failed attempt, here and in the shared bucket."""
+        super().failed(username, remote)
+        try:
+            self.bus.call(
+                self._count(login_key(username, remote), time.time()),
+                timeout=LIMITER_BUS_TIMEOUT_S,
+            )
+        except (OSError, nats.errors.Error) as exc:
+            self._unreachable(exc)

@@ -20,7 +20,7 @@ from flask_wtf.csrf import CSRFProtect
 
 from digits.config import Settings
 from gateway import api, classify, context, health, models_api, pages, plugin_static, webhook
-from gateway.accounts import Accounts, LoginLimiter
+from gateway.accounts import Accounts, LoginLimiter, SharedLoginLimiter
 from gateway.busclient import BusClient
 
 csrf = CSRFProtect()
@@ -65,11 +65,17 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if bus_client is None and app.config["START_BUS"]:
         bus_client = BusClient(settings).start()
     accounts = None
+    limits = app.config["LOGIN_LIMIT"], app.config["LOGIN_WINDOW_S"]
+    # Without a bus (START_BUS off) the limiter and the pending jobs live in this process only.
+    limiter = LoginLimiter(*limits)
+    pending_jobs = context.Pending()
     if bus_client is not None:
         accounts = Accounts.open(bus_client)
         accounts.ensure_admin(settings.data_dir, app.config["ADMIN_PASSWORD"])
-    limiter = LoginLimiter(app.config["LOGIN_LIMIT"], app.config["LOGIN_WINDOW_S"])
-    context.init_app(app, bus_client, accounts, limiter)
+        # Shared by every gateway replica through their KV buckets.
+        limiter = SharedLoginLimiter.open(bus_client, *limits)
+        pending_jobs = context.Pending.open(bus_client)
+    context.init_app(app, bus_client, accounts, limiter, pending_jobs)
     csrf.init_app(app)
     # The JSON API and the webhook authenticate every request (Basic/Bearer), not by cookie.
     csrf.exempt(api.bp)

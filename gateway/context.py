@@ -1,19 +1,26 @@
 """What the composition root (``gateway.app``) hands the views, through ``app.extensions``.
 
-``create_app`` builds the bus client, the user accounts and the login limiter once and gives them
-to ``init_app``, as flaskr's extensions do; every view reaches them with the functions below (for
-the current app), never by importing ``gateway.app``. The artifact store and the record of
-just-submitted jobs are made on first use, one per app.
+``create_app`` builds the bus client, the user accounts, the login limiter and the record of
+just-submitted jobs once and gives them to ``init_app``, as flaskr's extensions do; every view
+reaches them with the functions below (for the current app), never by importing ``gateway.app``.
+The artifact store is made on first use, one per app.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
 from typing import Any
 
+import msgspec
+import nats.errors
+import nats.js.errors
 from flask import Flask, abort, current_app
+from nats.js.kv import KeyValue
 
+from digits import subjects
 from digits.jobs import JobStore
 from digits.store import Store, store_from_settings
 from gateway.accounts import Accounts, LoginLimiter
@@ -24,15 +31,25 @@ ACCOUNTS = "digits_accounts"
 LIMITER = "digits_login_limiter"
 STORE = "digits_store"
 PENDING = "digits_pending_jobs"
-PENDING_S = 300.0  # how long a job this gateway submitted is "Initialized" before it is stored
+# How long a submitted job is "Initialized" before a service stores it: the bucket's TTL.
+PENDING_S: float = subjects.KV_BUCKETS[subjects.KV_PENDING]["ttl"]
+PENDING_BUS_TIMEOUT_S = 2.0  # a page waits at most this long for the pending bucket
+PENDING_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")  # job ids that make a KV key as they are
+
+log = logging.getLogger(__name__)
 
 
 def init_app(
-    app: Flask, bus: BusClient | None, accounts: Accounts | None, limiter: LoginLimiter
+    app: Flask,
+    bus: BusClient | None,
+    accounts: Accounts | None,
+    limiter: LoginLimiter,
+    pending_jobs: Pending | None = None,
 ) -> None:
-    """Give the app its bus client (None without NATS), accounts and login limiter."""
+    """Give the app its bus client (None without NATS), accounts, limiter and pending jobs."""
     app.extensions[BUS] = bus
     app.extensions[LIMITER] = limiter
+    app.extensions[PENDING] = pending_jobs or Pending()
     if accounts is not None:
         app.extensions[ACCOUNTS] = accounts
 
@@ -81,26 +98,78 @@ def artifact_store() -> Store:
 
 
 class Pending:
-    """Jobs this gateway asked for whose records the services have not stored yet."""
+    """Jobs the gateways asked for whose records the services have not stored yet.
 
-    def __init__(self) -> None:
+    With a bus, a summary goes to the ``digits-pending`` bucket (its TTL ends it), so every
+    gateway replica answers for a job submitted through any of them; an in-process front answers
+    this gateway's own at once. While the bucket cannot be reached, the front is all there is:
+    the job shows on the replica that took it, and the failure is logged.
+    """
+
+    def __init__(self, bus_client: BusClient | None = None, kv: KeyValue | None = None) -> None:
+        self.bus = bus_client
+        self.kv = kv
         self._jobs: dict[str, tuple[float, dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
+    @classmethod
+    def open(cls, bus_client: BusClient) -> Pending:
+        """Open ``digits-pending`` through the bus client's connection."""
+        assert bus_client.nc is not None
+        js = bus_client.nc.jetstream()
+        return cls(bus_client, bus_client.call(js.key_value(subjects.KV_PENDING)))
+
     def add(self, job_id: str, summary: dict[str, Any]) -> None:
-        """Remember a submitted job's summary."""
+        """Remember a submitted job's summary, for this gateway and the others."""
         now = time.monotonic()
         with self._lock:
             self._jobs = {k: v for k, v in self._jobs.items() if now - v[0] < PENDING_S}
             self._jobs[job_id] = (now, summary)
+        if self.bus is None or self.kv is None or not PENDING_ID.match(job_id):
+            return
+        try:
+            data = msgspec.msgpack.encode(summary)
+            self.bus.call(self.kv.put(f"job.{job_id}", data), timeout=PENDING_BUS_TIMEOUT_S)
+        except (OSError, nats.errors.Error) as exc:
+            log.warning(
+                "%s cannot be reached (%s): job %s shows only on this gateway until stored",
+                subjects.KV_PENDING,
+                type(exc).__name__,
+                job_id,
+            )
 
     def get(self, job_id: str) -> dict[str, Any] | None:
-        """The summary of a recently submitted job, if any."""
+        """The summary of a recently submitted job (through any gateway), if any."""
         with self._lock:
             found = self._jobs.get(job_id)
-        return found[1] if found and time.monotonic() - found[0] < PENDING_S else None
+        if found and time.monotonic() - found[0] < PENDING_S:
+            return found[1]
+        if self.bus is None or self.kv is None or not PENDING_ID.match(job_id):
+            return None
+        try:
+            data = self.bus.call(self._read(f"job.{job_id}"), timeout=PENDING_BUS_TIMEOUT_S)
+        except (OSError, nats.errors.Error) as exc:
+            log.warning("%s cannot be reached (%s)", subjects.KV_PENDING, type(exc).__name__)
+            return None
+        if data is None:
+            return None
+        try:
+            summary = msgspec.msgpack.decode(data)
+        except msgspec.DecodeError:
+            summary = None
+        if not isinstance(summary, dict) or not isinstance(summary.get("type"), str):
+            log.warning("%s: ignoring an unreadable entry for job %s", subjects.KV_PENDING, job_id)
+            return None
+        return summary
+
+    async def _read(self, key: str) -> bytes | None:
+        try:
+            entry = await self.kv.get(key)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        return entry.value or None
 
 
 def pending() -> Pending:
-    """This app's record of the jobs it submitted that are not stored yet."""
+    """The app's record of the jobs the gateways submitted that are not stored yet."""
     return current_app.extensions.setdefault(PENDING, Pending())

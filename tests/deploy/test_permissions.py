@@ -170,3 +170,26 @@ async def test_each_service_user_may_do_its_work_and_nothing_else(server, passwo
                 pass
         for proc in procs.values():
             assert proc.stop(60) == 0, proc.log()[-3000:]
+
+
+async def test_the_gateway_creates_and_writes_its_shared_buckets_and_no_one_else_may(
+    server, passwords
+):
+    urls = [server.url]
+    gateway = await bus.connect(user_settings(passwords, "gateway", urls), "as-gateway")
+    try:
+        buckets = await bus.ensure_kv(gateway.jetstream())  # none exist yet: it creates them
+        for name in (subjects.KV_LOGINS, subjects.KV_PENDING):
+            status = await buckets[name].status()
+            assert status.ttl == subjects.KV_BUCKETS[name]["ttl"], name
+            revision = await buckets[name].create("k", b"1")
+            await buckets[name].update("k", b"2", last=revision)
+            assert (await buckets[name].get("k")).value == b"2"
+    finally:
+        await gateway.close()
+    forbidden = (f"$KV.{subjects.KV_LOGINS}.k", f"$KV.{subjects.KV_PENDING}.k")
+    for user in ("ingest", "view"):
+        errors = await refusals(user_settings(passwords, user, urls), forbidden)
+        for subject in forbidden:
+            expected = f'permissions violation for publish to "{subject}"'.lower()
+            assert any(expected in e.lower() for e in errors), (user, subject, errors)
