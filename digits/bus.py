@@ -419,8 +419,16 @@ class _WorkerMetrics:
         self.latency = metrics.latency.labels(*labels)
 
 
-async def forward_max_deliveries(js: JetStreamContext, msg: Msg) -> None:
-    """Turn a MAX_DELIVERIES advisory into a dead letter holding the original message."""
+GaveUp = Callable[[str, bytes, str], Awaitable[None]]  # (subject, data, reason) of a dead letter
+
+
+async def forward_max_deliveries(
+    js: JetStreamContext, msg: Msg, on_gave_up: GaveUp | None = None
+) -> None:
+    """Turn a MAX_DELIVERIES advisory into a dead letter holding the original message.
+
+    ``on_gave_up`` then hears of it (a service ends the message's job, so none stays Running).
+    """
     try:
         advisory = json.loads(msg.data)
         stream, consumer = advisory["stream"], advisory["consumer"]
@@ -454,6 +462,8 @@ async def forward_max_deliveries(js: JetStreamContext, msg: Msg) -> None:
             await js.delete_msg(stream, seq)
         except nats.js.errors.NotFoundError:
             pass
+    if on_gave_up is not None:
+        await on_gave_up(original.subject or "", original.data or b"", reason)
 
 
 async def _quietly(aw: Awaitable[Any]) -> None:

@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from digits import bus, events, subjects
+from digits import bus, events, jobs, subjects
 from digits.config import ConfigError, Settings
 from digits.jobs import JobStore
 from digits.metrics import CONTENT_TYPE, Metrics
@@ -73,8 +73,24 @@ class ServiceRuntime:
         self._spawn(self._heartbeat_loop())
         self.add_worker(
             subjects.CONSUMERS[subjects.CONSUMER_DLQ_FORWARDER],
-            partial(bus.forward_max_deliveries, self.js),
+            partial(bus.forward_max_deliveries, self.js, on_gave_up=self._gave_up),
         )
+
+    async def _gave_up(self, subject: str, data: bytes, reason: str) -> None:
+        """A work message that ran out of deliveries ends its job in Error, with the reason."""
+        if not subject.startswith(f"{subjects.WORK}."):
+            return
+        try:
+            job_id = msgspec.msgpack.decode(data).get("job_id")
+        except (msgspec.DecodeError, AttributeError):
+            return
+        if not isinstance(job_id, str) or not job_id:
+            return
+        assert self.jobs is not None
+        try:
+            await self.jobs.set_status(job_id, jobs.ERROR, f"{subject} gave up: {reason}")
+        except jobs.JobNotFound:
+            log.warning("dead letter on %s names no job %r", subject, job_id)
 
     def add_worker(
         self,

@@ -9,6 +9,8 @@ import time
 from collections.abc import AsyncIterator
 from functools import partial
 
+import msgpack
+import nats.js.api
 import nats.js.errors
 import pytest
 
@@ -211,3 +213,42 @@ async def test_message_that_crashes_every_worker_ends_in_dead_letters(
     finally:
         survivor.terminate()
         await asyncio.to_thread(survivor.wait, 10)
+
+
+async def test_a_work_message_that_runs_out_of_deliveries_ends_its_job_in_error(
+    nats_server, tmp_path
+):
+    """Before, a train job whose worker crashed max_deliver times stayed Running for ever."""
+    from digits import jobs
+    from digits.config import Settings
+    from digits.service import ServiceRuntime
+
+    settings = Settings.from_env(
+        {"DIGITS_NATS_URL": nats_server.url, "DIGITS_DATA_DIR": str(tmp_path)}
+    )
+    service = ServiceRuntime("test", settings)
+    await service.start()
+    try:
+        assert service.js is not None and service.jobs is not None
+        job = jobs.Job(id=jobs.new_job_id(), type="model", name="m", status=jobs.RUNNING)
+        await service.jobs.create(job)
+        work = {"type": "train.work", "job_id": job.id}
+        await service.js.publish(subjects.WORK_TRAIN, msgpack.packb(work))
+        # A worker that takes the message and dies without an ack, once (max_deliver=1).
+        sub = await service.js.pull_subscribe(
+            subjects.WORK_TRAIN,
+            durable="crashing",
+            config=nats.js.api.ConsumerConfig(ack_wait=1, max_deliver=1),
+        )
+        [taken] = await sub.fetch(1, timeout=5)
+        assert msgpack.unpackb(taken.data)["job_id"] == job.id
+
+        async def ended() -> jobs.Job | None:
+            found = await service.jobs.get(job.id)
+            return found if found.status == jobs.ERROR else None
+
+        failed = await wait_for(ended, timeout=30)
+        assert "gave up" in failed.error and "1 deliveries" in failed.error, failed.error
+    finally:
+        service.stop.set()
+        await service.wait()

@@ -1,0 +1,1 @@
+"""Faults proven continuously: random kills of services and NATS, a fuzz of every subject."""
