@@ -1,8 +1,9 @@
 """SIGKILL a random service (or nats-server itself) at random moments while real work runs.
 
 One folder dataset of 2,000 images (and a few corrupt ones) and one LeNet training go through
-the real ingest, train, view and gateway services. A seeded plan kills them, at least twice
-each and at least 12 times in all, then more at random while a job is unfinished (at most 30);
+the real ingest, train, view and gateway services. A seeded plan kills each twice (train no
+more: its consumer delivers a job 3 times) and at least 12 times in all, then more at random
+while a job is unfinished (at most 30);
 each is started again as a supervisor would, and at least 10 kills must land while a job is
 unfinished. Then: both
 jobs are Done, entries in = entries written + skipped exactly, no shard doubled or missing,
@@ -67,8 +68,6 @@ class Stack:
             "DIGITS_INGEST_PROCS": "1",
             "DIGITS_SHARD_SIZE": str(SHARD),
             "DIGITS_ACK_WAIT_S": "4",
-            # More deliveries than this test kills: past max_deliver a job ends in Error.
-            "DIGITS_MAX_DELIVER": "50",
             "DIGITS_HARDWARE_S": "1",
             "DIGITS_VIEW_PROCS": "1",
             "DIGITS_ADMIN_PASSWORD": PASSWORD,
@@ -116,10 +115,15 @@ class Stack:
             self.server.stop()
 
 
+# The train consumer delivers a job 3 times (max_deliver=3): a job that crashes its worker a
+# third time ends in Error, with the reason. So train is killed twice; the others at random.
+OTHERS = tuple(v for v in VICTIMS if v != "train")
+
+
 def plan(rng: random.Random, kills: int) -> list[str]:
-    """Each victim twice, the rest drawn at random, in a random order."""
+    """Each victim twice, the rest drawn at random (train no more), in a random order."""
     chosen = [*VICTIMS, *VICTIMS]
-    chosen += rng.choices(VICTIMS, k=max(kills - len(chosen), 0))
+    chosen += rng.choices(OTHERS, k=max(kills - len(chosen), 0))
     rng.shuffle(chosen)
     return chosen
 
@@ -243,7 +247,7 @@ def test_random_kills_of_every_service_and_nats_lose_nothing(tmp_path):
                         return
                     during.append(state)
                     victim = victims[len(stack.kills)] if len(stack.kills) < len(victims) else None
-                    stack.kill(victim or rng.choice(VICTIMS), rng)
+                    stack.kill(victim or rng.choice(OTHERS), rng)
             except BaseException as exc:  # reported by the test below
                 failure.append(exc)
 
