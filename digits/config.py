@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -52,6 +53,10 @@ class Settings:
     log_level: str = "INFO"
     allow_python_networks: bool = False
     train_gpus: tuple[int, ...] = ()  # GPUs a training worker may use; empty: all it has
+    # scheme://host[:port] regex that SNS certificate and SubscribeURL URLs must match; None: AWS's
+    # (https://sns.<region>.amazonaws.com[.cn]). Another (e.g. a local SNS) is an operator's choice.
+    sns_origin: str | None = None
+    sns_confirm: bool = True  # the webhook confirms verified SNS subscriptions itself
 
     def __post_init__(self) -> None:
         if not self.store_url:
@@ -126,6 +131,10 @@ class Settings:
             )
         if get("DIGITS_TRAIN_GPUS", "").strip():
             kw["train_gpus"] = _indexes("DIGITS_TRAIN_GPUS", get("DIGITS_TRAIN_GPUS", ""))
+        if get("DIGITS_SNS_ORIGIN"):
+            kw["sns_origin"] = _regex("DIGITS_SNS_ORIGIN", get("DIGITS_SNS_ORIGIN", ""))
+        if get("DIGITS_SNS_CONFIRM"):
+            kw["sns_confirm"] = _bool("DIGITS_SNS_CONFIRM", get("DIGITS_SNS_CONFIRM", ""))
         kw.update(overrides)
         known = {f.name for f in fields(cls)}
         unknown = set(kw) - known
@@ -170,12 +179,15 @@ class Settings:
             "DIGITS_NATS_TLS_KEY": self.nats_tls_key,
             "DIGITS_S3_ENDPOINT_URL": self.s3_endpoint_url,
             "DIGITS_SECRET_KEY": self.secret_key,
+            "DIGITS_SNS_ORIGIN": self.sns_origin,
         }
         env.update({k: v for k, v in optional.items() if v})
         if self.data_roots:
             env["DIGITS_DATA_ROOTS"] = os.pathsep.join(self.data_roots)
         if self.allow_python_networks:
             env["DIGITS_ALLOW_PYTHON_NETWORKS"] = "1"
+        if not self.sns_confirm:
+            env["DIGITS_SNS_CONFIRM"] = "0"
         if self.train_gpus:
             env["DIGITS_TRAIN_GPUS"] = ",".join(str(i) for i in self.train_gpus)
         return env
@@ -245,6 +257,14 @@ def _indexes(var: str, value: str) -> tuple[int, ...]:
         if int(text) not in found:
             found.append(int(text))
     return tuple(found)
+
+
+def _regex(var: str, value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ConfigError(f"{var}={value!r} is not a regular expression ({exc})") from None
+    return value
 
 
 def _bool(var: str, value: str) -> bool:
