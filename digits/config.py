@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -55,6 +56,10 @@ class Settings:
     train_gpus: tuple[int, ...] = ()  # GPUs a training worker may use; empty: all it has
     upload_ttl_s: float = 86400.0  # an upload no job refers to is removed once this old
     upload_sweep_s: float = 3600.0  # how often an ingest service sweeps uploads; 0: never
+    # scheme://host[:port] regex that SNS certificate and SubscribeURL URLs must match; None: AWS's
+    # (https://sns.<region>.amazonaws.com[.cn]). Another (e.g. a local SNS) is an operator's choice.
+    sns_origin: str | None = None
+    sns_confirm: bool = True  # the webhook confirms verified SNS subscriptions itself
 
     def __post_init__(self) -> None:
         if not self.store_url:
@@ -140,6 +145,10 @@ class Settings:
                 raise ConfigError(f"DIGITS_UPLOAD_SWEEP_S={sweep!r}: expected 0 (off) or 1..604800")
         if get("DIGITS_TRAIN_GPUS", "").strip():
             kw["train_gpus"] = _indexes("DIGITS_TRAIN_GPUS", get("DIGITS_TRAIN_GPUS", ""))
+        if get("DIGITS_SNS_ORIGIN"):
+            kw["sns_origin"] = _regex("DIGITS_SNS_ORIGIN", get("DIGITS_SNS_ORIGIN", ""))
+        if get("DIGITS_SNS_CONFIRM"):
+            kw["sns_confirm"] = _bool("DIGITS_SNS_CONFIRM", get("DIGITS_SNS_CONFIRM", ""))
         kw.update(overrides)
         known = {f.name for f in fields(cls)}
         unknown = set(kw) - known
@@ -186,6 +195,7 @@ class Settings:
             "DIGITS_NATS_TLS_KEY": self.nats_tls_key,
             "DIGITS_S3_ENDPOINT_URL": self.s3_endpoint_url,
             "DIGITS_SECRET_KEY": self.secret_key,
+            "DIGITS_SNS_ORIGIN": self.sns_origin,
         }
         env.update({k: v for k, v in optional.items() if v})
         if self.data_roots:
@@ -194,6 +204,8 @@ class Settings:
             env["DIGITS_ALLOW_PYTHON_NETWORKS"] = "1"
         if self.share_jobs:
             env["DIGITS_SHARE_JOBS"] = "1"
+        if not self.sns_confirm:
+            env["DIGITS_SNS_CONFIRM"] = "0"
         if self.train_gpus:
             env["DIGITS_TRAIN_GPUS"] = ",".join(str(i) for i in self.train_gpus)
         return env
@@ -263,6 +275,14 @@ def _indexes(var: str, value: str) -> tuple[int, ...]:
         if int(text) not in found:
             found.append(int(text))
     return tuple(found)
+
+
+def _regex(var: str, value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ConfigError(f"{var}={value!r} is not a regular expression ({exc})") from None
+    return value
 
 
 def _bool(var: str, value: str) -> bool:

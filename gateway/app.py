@@ -19,6 +19,7 @@ from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
 from digits.config import Settings
+from digits.sns import SnsVerifier
 from gateway import api, classify, context, health, models_api, pages, plugin_static, webhook
 from gateway.accounts import Accounts, LoginLimiter, SharedLoginLimiter
 from gateway.busclient import BusClient
@@ -45,6 +46,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         SECRET_KEY=None,
         ADMIN_PASSWORD=os.environ.get("DIGITS_ADMIN_PASSWORD") or None,
         S3_WEBHOOK_TOKEN=os.environ.get("DIGITS_S3_WEBHOOK_TOKEN") or None,
+        SNS=None,
         LOGIN_LIMIT=5,
         LOGIN_WINDOW_S=60.0,
         SESSION_COOKIE_SAMESITE="Lax",
@@ -59,6 +61,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.config["MAX_CONTENT_LENGTH"] = archive_max + (16 << 20)
     settings = app.config["SETTINGS"] or Settings.from_env()
     app.config["SETTINGS"] = settings
+    if app.config["SNS"] is None:
+        app.config["SNS"] = SnsVerifier(settings.sns_origin)
     if not app.config["SECRET_KEY"]:
         app.config["SECRET_KEY"] = _secret_key(settings)
     bus_client = app.config["BUS"]

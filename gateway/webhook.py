@@ -1,4 +1,8 @@
-"""``POST /api/v1/s3/events``: S3 notifications over HTTP (AWS, SNS, MinIO) into DIGITS_S3."""
+"""``POST /api/v1/s3/events``: S3 notifications over HTTP (AWS, SNS, MinIO) into DIGITS_S3.
+
+SNS messages are published only when their signature verifies (``digits.sns``); a verified
+SubscriptionConfirmation is confirmed by GETting its SubscribeURL unless DIGITS_SNS_CONFIRM is off.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,16 @@ import hmac
 import json
 import logging
 import re
+from typing import Any
 from urllib.parse import quote_plus
 
 import msgspec
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from digits import bus, subjects
+from digits import bus, sns, subjects
 from digits.notifications import NotificationError, ObjectCreated, parse_notification
+from digits.sns import SnsError, SnsVerifier
 from gateway import context
 
 log = logging.getLogger(__name__)
@@ -44,17 +50,25 @@ def _authorized(expected: str) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
 
 
-def _sns_type(body: bytes) -> str | None:
-    """The SNS message type of a body, if it is an SNS envelope."""
+def _envelope(body: bytes) -> dict[str, Any] | None:
+    """The SNS envelope a body holds, or None if it is not one (a bare S3 or MinIO event)."""
     header = request.headers.get("x-amz-sns-message-type")
-    if header:
-        return header
     try:
         doc = json.loads(body)
-    except ValueError:
-        return None
-    kind = doc.get("Type") if isinstance(doc, dict) else None
-    return kind if isinstance(kind, str) else None
+    except (ValueError, RecursionError):
+        doc = None
+    if header:
+        if not isinstance(doc, dict):
+            raise SnsError(f"SNS {header[:40]!r} message is not a JSON object")
+        if doc.get("Type") != header:
+            raise SnsError(
+                f"x-amz-sns-message-type {header[:40]!r} differs from the body's Type "
+                f"{str(doc.get('Type'))[:40]!r}"
+            )
+        return doc
+    if isinstance(doc, dict) and doc.get("Type") in sns.TYPES:
+        return doc
+    return None
 
 
 def single_record(obj: ObjectCreated) -> bytes:
@@ -94,14 +108,44 @@ def s3_events() -> ResponseReturnValue:
     body = request.get_data(cache=False)
     if len(body) > MAX_BODY_BYTES:
         return _error(f"notification of {len(body)} bytes exceeds {MAX_BODY_BYTES} bytes", 413)
-    sns_type = _sns_type(body)
-    if sns_type in ("SubscriptionConfirmation", "UnsubscribeConfirmation"):
-        # The gateway makes no outbound HTTP requests: an operator confirms the subscription by
-        # visiting the SubscribeURL of this message (logged here) or with the AWS console/CLI.
-        log.warning("SNS %s received; an operator must visit its SubscribeURL", sns_type)
-        return jsonify({"ok": True, "published": 0, "note": f"SNS {sns_type} acknowledged"})
     try:
-        created = parse_notification(body)
+        envelope = _envelope(body)
+        if envelope is None:
+            return _publish(body)
+        return _sns_message(envelope)
+    except SnsError as exc:
+        log.warning("SNS message refused (%s): %s", exc.status, exc)
+        return _error(str(exc), exc.status)
+
+
+def _sns_message(msg: dict[str, Any]) -> ResponseReturnValue:
+    """Verify an SNS message, then publish its S3 event, or confirm or note a subscription."""
+    verifier: SnsVerifier = current_app.config["SNS"]
+    verifier.verify(msg)
+    kind, topic = msg["Type"], msg["TopicArn"]
+    if kind == sns.NOTIFICATION:
+        return _publish(msg["Message"].encode("utf-8"))
+    if kind == sns.UNSUBSCRIBE:
+        log.info("SNS subscription to %s ended; it is not renewed", topic)
+        return jsonify({"ok": True, "published": 0, "note": f"SNS {kind} acknowledged"})
+    if current_app.config["SETTINGS"].sns_confirm:
+        subscription = verifier.confirm(msg)
+        log.info("SNS subscription %s confirmed", subscription)
+        return jsonify(
+            {"ok": True, "published": 0, "note": f"SNS subscription {subscription} confirmed"}
+        )
+    # DIGITS_SNS_CONFIRM=0: the operator confirms, with this URL or the AWS console/CLI.
+    log.warning(
+        "SNS subscription to %s awaits confirmation: visit %s", topic, verifier.subscribe_url(msg)
+    )
+    note = f"SNS {kind} acknowledged; an operator confirms it (DIGITS_SNS_CONFIRM is off)"
+    return jsonify({"ok": True, "published": 0, "note": note})
+
+
+def _publish(data: bytes) -> ResponseReturnValue:
+    """Publish one DIGITS_S3 message per created object of an S3 or MinIO event."""
+    try:
+        created = parse_notification(data)
     except NotificationError as exc:
         return _error(str(exc), 400)
     for obj in created:

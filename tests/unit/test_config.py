@@ -43,12 +43,22 @@ def test_a_list_of_nats_servers_and_an_s3_store():
         ("DIGITS_NATS_CREDS", "/no/such.creds", "DIGITS_NATS_CREDS='/no/such.creds': no such"),
         ("DIGITS_LOG_LEVEL", "LOUD", "DIGITS_LOG_LEVEL='LOUD' is not one of"),
         ("DIGITS_ALLOW_PYTHON_NETWORKS", "maybe", "'maybe' is not a boolean"),
+        ("DIGITS_SNS_ORIGIN", "http://(127", "DIGITS_SNS_ORIGIN='http://(127' is not a regular"),
+        ("DIGITS_SNS_CONFIRM", "later", "DIGITS_SNS_CONFIRM='later' is not a boolean"),
     ],
 )
 def test_bad_values_are_named(var, value, message):
     with pytest.raises(ConfigError) as info:
         Settings.from_env({var: value})
     assert message in str(info.value)
+
+
+def test_sns_settings_default_to_aws_and_travel_to_child_processes():
+    assert Settings.from_env({}).sns_origin is None and Settings.from_env({}).sns_confirm
+    env = {"DIGITS_SNS_ORIGIN": r"http://127\.0\.0\.1:\d+", "DIGITS_SNS_CONFIRM": "off"}
+    settings = Settings.from_env(env)
+    assert settings.sns_origin == r"http://127\.0\.0\.1:\d+" and not settings.sns_confirm
+    assert Settings.from_env(settings.to_env()) == settings
 
 
 def test_the_secret_key_never_shows_in_repr():
