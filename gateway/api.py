@@ -18,7 +18,7 @@ from digits.jobs import (
     JobNotFound,
     new_job_id,
 )
-from gateway import model_submit
+from gateway import model_submit, ownership
 from gateway.accounts import AccountError
 from gateway.auth import api_login_required, current_user
 from gateway.context import accounts_of
@@ -124,8 +124,7 @@ def _form_data() -> dict[str, Any]:
 
 
 def _may_change(job: Job) -> None:
-    user = current_user()
-    if not (user.is_admin or job.owner == user.username):
+    if not ownership.may_change(job.owner):
         abort(403, description=f"only the owner of job {job.id} or an admin may change it")
 
 

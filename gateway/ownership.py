@@ -26,6 +26,12 @@ def may_use(owner: str) -> bool:
     return usable()(owner)
 
 
+def may_change(owner: str) -> bool:
+    """Whether the signed-in user may abort, delete or edit a job of ``owner`` (never shared)."""
+    user = g.user
+    return bool(user.is_admin or user.username == owner)
+
+
 def refusal(job: Any, what: str) -> str | None:
     """Why the signed-in user may not ``what`` (e.g. "train on") ``job``, or None if they may."""
     if may_use(job.owner):

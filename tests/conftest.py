@@ -9,6 +9,7 @@ import nats
 import pytest
 
 from digits.natsserver import NatsServer
+from tests.sns_local import LocalSns
 
 
 @pytest.fixture
@@ -78,3 +79,13 @@ def moto_url() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def local() -> Iterator[LocalSns]:
+    """SNS's side: the signing key, and the HTTP server of its certificate and SubscribeURL."""
+    server = LocalSns()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -14,15 +14,15 @@ from collections.abc import Callable, Hashable
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import abort, current_app, g, render_template, request, url_for
+from flask import abort, current_app, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
 from digits import events
 from digits.jobs import Job
-from gateway.accounts import User
 from gateway.inference import ask_view
+from gateway.ownership import may_change
 from gateway.runtime import is_htmx
 
 
@@ -73,12 +73,6 @@ def safe_next(target: str | None) -> str:
         if not parts.scheme and not parts.netloc and target.startswith("/"):
             return target
     return url_for("home.index") if "home.index" in current_app.view_functions else "/"
-
-
-def may_change(owner: str) -> bool:
-    """Whether the logged-in user may abort, delete or edit a job of ``owner``."""
-    user: User = g.user
-    return user.is_admin or user.username == owner
 
 
 def forbid_unless_owner(owner: str) -> ResponseReturnValue | None:

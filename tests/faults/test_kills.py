@@ -14,7 +14,6 @@ every epoch snapshotted once and training resumed from its checkpoints, and the 
 from __future__ import annotations
 
 import asyncio
-import io
 import math
 import os
 import random
@@ -296,8 +295,7 @@ def test_random_kills_of_every_service_and_nats_lose_nothing(tmp_path):
             seen = max(seen, epoch)
 
         # The model answers through the gateway and the (restarted) view service.
-        image = io.BytesIO(good).getvalue()
-        status, body = classify(base, model_id, image)
+        status, body = classify(base, model_id, good)
         assert status == 200, body
         assert len(msgspec.json.decode(body)["predictions"]) == 4
         counts = {v: sum(1 for _, k in stack.kills if k == v) for v in VICTIMS}

@@ -42,16 +42,6 @@ def record(key: str, etag: str, bucket: str = "photos") -> dict:
 AWS_EVENT = {"Records": [record("cats/a+b.png", "e1"), record("dogs/c%21.png", "e2")]}
 
 
-@pytest.fixture(scope="module")
-def local() -> Iterator[LocalSns]:
-    """SNS's side: the key that signs, and the HTTP server of its certificate and SubscribeURL."""
-    server = LocalSns()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 def sns_app(nats_server: Any, data_dir: Path, local: LocalSns, **env: str) -> Flask:
     """A gateway whose DIGITS_SNS_ORIGIN allows the local SNS server (and no AWS host)."""
     settings = Settings.from_env(

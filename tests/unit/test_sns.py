@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from digits.sns import SnsError, SnsVerifier, string_to_sign
 from tests.sns_local import SUBSCRIPTION, LocalSns
 
 S3_EVENT = '{"Records": []}'
-
-
-@pytest.fixture(scope="module")
-def local() -> Iterator[LocalSns]:
-    """The signing key and the HTTP server that serves its certificate."""
-    server = LocalSns()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
