@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -44,6 +45,7 @@ H_CONSUMER = "Digits-Dlq-Consumer"
 H_SEQ = "Digits-Dlq-Seq"
 H_DELIVERIES = "Digits-Dlq-Deliveries"
 MSG_ID = "Nats-Msg-Id"
+_NAME = re.compile(r"^[^\s.*>/\\]+$")  # a stream or consumer name: one subject token
 
 
 class Transient(Exception):
@@ -433,8 +435,14 @@ async def forward_max_deliveries(
         advisory = json.loads(msg.data)
         stream, consumer = advisory["stream"], advisory["consumer"]
         seq, deliveries = int(advisory["stream_seq"]), int(advisory.get("deliveries", 0))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
         raise Permanent(f"unreadable advisory: {exc!r}") from exc
+    names = [n for n in (stream, consumer) if not (isinstance(n, str) and _NAME.match(n))]
+    if names or seq < 1:
+        raise Permanent(
+            f"unreadable advisory: stream {stream!r}, consumer {consumer!r}, stream_seq {seq} "
+            "(names are one subject token, sequences start at 1)"
+        )
     try:
         original = await js.get_msg(stream, seq)
     except nats.js.errors.NotFoundError:

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from digits import subjects
+
+# Ids become KV keys (job records, idempotency claims) and subject tokens (a job's events):
+# letters, digits, "_", "-" and "=" only, so that a bad one is refused when it is decoded.
+ID_PATTERN = r"^[A-Za-z0-9_=-]+$"
+JobId = Annotated[str, msgspec.Meta(pattern=ID_PATTERN, max_length=128)]
+EventId = Annotated[str, msgspec.Meta(pattern=ID_PATTERN, max_length=128)]
 
 
 def new_event_id() -> str:
@@ -24,7 +30,7 @@ def new_event_id() -> str:
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """Fields every event carries."""
 
-    event_id: str = msgspec.field(default_factory=new_event_id)
+    event_id: EventId = msgspec.field(default_factory=new_event_id)
     occurred_at: float = msgspec.field(default_factory=time.time)
 
 
@@ -43,38 +49,38 @@ class DatasetCreate(Event, frozen=True, kw_only=True, tag="dataset.create"):
     form: dict[str, Any] = msgspec.field(default_factory=dict)
     group: str = ""
     owner: str = ""
-    job_id: str | None = None
+    job_id: JobId | None = None
 
 
 class ModelCreate(Event, frozen=True, kw_only=True, tag="model.create"):
     """Create a model job that trains on a dataset job."""
 
     name: str
-    dataset_id: str
+    dataset_id: JobId
     extension: str = CLASSIFICATION
     form: dict[str, Any] = msgspec.field(default_factory=dict)
     group: str = ""
     owner: str = ""
-    job_id: str | None = None
+    job_id: JobId | None = None
 
 
 class JobAbort(Event, frozen=True, kw_only=True, tag="job.abort"):
     """Abort a waiting or running job."""
 
-    job_id: str
+    job_id: JobId
     reason: str = ""
 
 
 class JobDelete(Event, frozen=True, kw_only=True, tag="job.delete"):
     """Delete a job record (refused while other jobs depend on it)."""
 
-    job_id: str
+    job_id: JobId
 
 
 class JobEdit(Event, frozen=True, kw_only=True, tag="job.edit"):
     """Change a job's name, group or notes; fields left out stay as they are."""
 
-    job_id: str
+    job_id: JobId
     name: str | None = None
     group: str | None = None
     notes: str | None = None
@@ -86,7 +92,7 @@ class JobEdit(Event, frozen=True, kw_only=True, tag="job.edit"):
 class IngestShard(Event, frozen=True, kw_only=True, tag="ingest.shard"):
     """Encode one shard of a dataset stage: its entries are stored at ``entries_key``."""
 
-    job_id: str
+    job_id: JobId
     stage: str
     shard: int
     shards: int
@@ -98,14 +104,14 @@ class IngestShard(Event, frozen=True, kw_only=True, tag="ingest.shard"):
 class IngestFinalize(Event, frozen=True, kw_only=True, tag="ingest.finalize"):
     """Every shard of a dataset version is written: compute mean, histogram, manifest."""
 
-    job_id: str
+    job_id: JobId
     version: int = 1
 
 
 class TrainWork(Event, frozen=True, kw_only=True, tag="train.work"):
     """Train one model job (its form and dataset are in the job record)."""
 
-    job_id: str
+    job_id: JobId
 
 
 # --- facts (DIGITS_EVT) ----------------------------------------------------------------------
@@ -114,7 +120,7 @@ class TrainWork(Event, frozen=True, kw_only=True, tag="train.work"):
 class JobStatusChanged(Event, frozen=True, kw_only=True, tag="job.status"):
     """A job moved to a new status (one of I, W, R, D, A, E)."""
 
-    job_id: str
+    job_id: JobId
     job_type: str
     status: str
     previous: str | None = None
@@ -124,7 +130,7 @@ class JobStatusChanged(Event, frozen=True, kw_only=True, tag="job.status"):
 class StageProgress(Event, frozen=True, kw_only=True, tag="job.stage"):
     """A stage of a job changed status or progress."""
 
-    job_id: str
+    job_id: JobId
     stage: str
     status: str
     progress: float = 0.0
@@ -135,20 +141,20 @@ class StageProgress(Event, frozen=True, kw_only=True, tag="job.stage"):
 class JobUpdated(Event, frozen=True, kw_only=True, tag="job.updated"):
     """A job's descriptive fields (name, group, notes) changed."""
 
-    job_id: str
+    job_id: JobId
     fields: list[str] = msgspec.field(default_factory=list)
 
 
 class JobDeleted(Event, frozen=True, kw_only=True, tag="job.deleted"):
     """A job record was deleted."""
 
-    job_id: str
+    job_id: JobId
 
 
 class DatasetReady(Event, frozen=True, kw_only=True, tag="dataset.ready"):
     """A dataset is complete: its manifest is at ``manifest_url``."""
 
-    job_id: str
+    job_id: JobId
     manifest_url: str
     version: int = 1
     counts: dict[str, int] = msgspec.field(default_factory=dict)
@@ -159,7 +165,7 @@ class DatasetReady(Event, frozen=True, kw_only=True, tag="dataset.ready"):
 class DatasetUpdated(Event, frozen=True, kw_only=True, tag="dataset.updated"):
     """A dataset grew by a new version (objects landed in a watched bucket prefix)."""
 
-    job_id: str
+    job_id: JobId
     manifest_url: str
     version: int
     added: dict[str, int] = msgspec.field(default_factory=dict)
@@ -169,7 +175,7 @@ class DatasetUpdated(Event, frozen=True, kw_only=True, tag="dataset.updated"):
 class TrainProgress(Event, frozen=True, kw_only=True, tag="train.progress"):
     """Training metrics several times per epoch (phase "train") and at validations ("val")."""
 
-    job_id: str
+    job_id: JobId
     phase: str = "train"
     epoch: float
     step: int = 0
@@ -181,7 +187,7 @@ class TrainProgress(Event, frozen=True, kw_only=True, tag="train.progress"):
 class HardwareUsage(Event, frozen=True, kw_only=True, tag="train.hardware"):
     """CPU, memory and per-GPU use of the worker running a job, every few seconds."""
 
-    job_id: str
+    job_id: JobId
     cpu_pct: float = 0.0
     memory_bytes: int = 0
     gpus: list[dict[str, float]] = msgspec.field(default_factory=list)
@@ -190,7 +196,7 @@ class HardwareUsage(Event, frozen=True, kw_only=True, tag="train.hardware"):
 class SnapshotSaved(Event, frozen=True, kw_only=True, tag="train.snapshot"):
     """A snapshot of the model at ``epoch`` is stored at ``url``."""
 
-    job_id: str
+    job_id: JobId
     epoch: float
     url: str
 
@@ -198,7 +204,7 @@ class SnapshotSaved(Event, frozen=True, kw_only=True, tag="train.snapshot"):
 class ModelReady(Event, frozen=True, kw_only=True, tag="model.ready"):
     """Training finished: the snapshots and the final metrics."""
 
-    job_id: str
+    job_id: JobId
     epochs: float
     snapshots: list[float] = msgspec.field(default_factory=list)
     metrics: dict[str, float] = msgspec.field(default_factory=dict)
@@ -210,7 +216,7 @@ class CommandRejected(Event, frozen=True, kw_only=True, tag="command.rejected"):
     command_type: str
     command_id: str
     reason: str
-    job_id: str | None = None
+    job_id: JobId | None = None
 
 
 # --- liveness (core NATS, not stored) --------------------------------------------------------

@@ -117,9 +117,14 @@ SCAN_IDLE_S = 5.0  # a scan that hears nothing for this long has seen every reco
 MARKER_REASON = "Nats-Marker-Reason"  # nats-server 2.11+: a TTL, max-age or purge marker
 
 
+_YEAR_10000 = 253402300800.0  # the first second that strftime's %Y cannot write in 4 digits
+
+
 def new_job_id(now: float | None = None) -> str:
-    """A DIGITS-style job id: ``20261126-221210-3f9a``."""
-    stamp = datetime.fromtimestamp(now or time.time(), UTC).strftime("%Y%m%d-%H%M%S")
+    """A DIGITS-style job id: ``20261126-221210-3f9a`` (the time now, if ``now`` is no date)."""
+    if not (now and 0 < now < _YEAR_10000):  # a command's own occurred_at: any float at all
+        now = time.time()
+    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{_random.token_hex(2)}"
 
 
