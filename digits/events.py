@@ -114,6 +114,42 @@ class TrainWork(Event, frozen=True, kw_only=True, tag="train.work"):
     job_id: JobId
 
 
+class RegistryRegister(Event, frozen=True, kw_only=True, tag="registry.register"):
+    """Register model job ``job_id`` as version 1 of a new name (or the next version of one)."""
+
+    name: str
+    job_id: JobId
+    owner: str = ""
+    description: str = ""
+    rule: dict[str, Any] | None = None  # a PromotionRule's fields: alias, metric, margin
+    aliases: list[str] = msgspec.field(default_factory=list)  # given to this version now
+
+
+class RegistryPromote(Event, frozen=True, kw_only=True, tag="registry.promote"):
+    """Move ``alias`` of ``name`` to version ``version`` (by hand).
+
+    ``expected``: the version the sender saw holding the alias (0: none); if it moved since,
+    the command is rejected as a conflict. Left out, the holder when the command is read counts.
+    """
+
+    name: str
+    version: int
+    alias: str = "production"
+    owner: str = ""
+    expected: int | None = None
+    reason: str = ""
+
+
+class RegistrySet(Event, frozen=True, kw_only=True, tag="registry.set"):
+    """Change a registered model's rule, description or follower bounds; left out stays."""
+
+    name: str
+    owner: str = ""
+    description: str | None = None
+    rule: dict[str, Any] | None = None
+    follow: dict[str, Any] | None = None  # min_new_samples, min_interval_s, mode
+
+
 # --- facts (DIGITS_EVT) ----------------------------------------------------------------------
 
 
@@ -219,6 +255,20 @@ class CommandRejected(Event, frozen=True, kw_only=True, tag="command.rejected"):
     job_id: JobId | None = None
 
 
+class RegistryChanged(Event, frozen=True, kw_only=True, tag="registry.changed"):
+    """A registered model changed: registered, a version added or finished, an alias moved, ..."""
+
+    name: str
+    kind: str
+    version: int | None = None
+    alias: str = ""
+    previous: int | None = None
+    job_id: str | None = None
+    by: str = ""
+    reason: str = ""
+    command_id: str = ""
+
+
 # --- liveness (core NATS, not stored) --------------------------------------------------------
 
 
@@ -236,7 +286,16 @@ class Heartbeat(Event, frozen=True, kw_only=True, tag="service.heartbeat"):
     in_flight: int = 0
 
 
-Command = DatasetCreate | ModelCreate | JobAbort | JobDelete | JobEdit
+Command = (
+    DatasetCreate
+    | ModelCreate
+    | JobAbort
+    | JobDelete
+    | JobEdit
+    | RegistryRegister
+    | RegistryPromote
+    | RegistrySet
+)
 Work = IngestShard | IngestFinalize | TrainWork
 Fact = (
     JobStatusChanged
@@ -250,6 +309,7 @@ Fact = (
     | SnapshotSaved
     | ModelReady
     | CommandRejected
+    | RegistryChanged
 )
 AnyEvent = Command | Work | Fact | Heartbeat
 
@@ -259,6 +319,9 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     JobAbort,
     JobDelete,
     JobEdit,
+    RegistryRegister,
+    RegistryPromote,
+    RegistrySet,
     IngestShard,
     IngestFinalize,
     TrainWork,
@@ -273,6 +336,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     SnapshotSaved,
     ModelReady,
     CommandRejected,
+    RegistryChanged,
     Heartbeat,
 )
 
@@ -282,6 +346,9 @@ COMMAND_SUBJECTS: dict[type[Event], str] = {
     JobAbort: subjects.CMD_JOB_ABORT,
     JobDelete: subjects.CMD_JOB_DELETE,
     JobEdit: subjects.CMD_JOB_EDIT,
+    RegistryRegister: subjects.CMD_REGISTRY_REGISTER,
+    RegistryPromote: subjects.CMD_REGISTRY_PROMOTE,
+    RegistrySet: subjects.CMD_REGISTRY_SET,
     IngestShard: subjects.WORK_INGEST_SHARD,
     IngestFinalize: subjects.WORK_INGEST_FINALIZE,
     TrainWork: subjects.WORK_TRAIN,
@@ -330,6 +397,8 @@ def subject_for(event: Event) -> str:
         return COMMAND_SUBJECTS[type(event)]
     if isinstance(event, Heartbeat):
         return subjects.heartbeat(event.service, event.instance)
+    if isinstance(event, RegistryChanged):
+        return subjects.evt_registry(event.name, event.kind)
     job_id = getattr(event, "job_id", None)
     name = JOB_EVENT_NAMES.get(type(event), tag_of(type(event)))
     if job_id:

@@ -21,6 +21,11 @@ CMD_MODEL_CREATE = f"{CMD}.model.create"
 CMD_JOB_ABORT = f"{CMD}.job.abort"
 CMD_JOB_DELETE = f"{CMD}.job.delete"
 CMD_JOB_EDIT = f"{CMD}.job.edit"
+# The model registry: register a model job under a name, move an alias, change a rule.
+CMD_REGISTRY = f"{CMD}.registry"
+CMD_REGISTRY_REGISTER = f"{CMD_REGISTRY}.register"
+CMD_REGISTRY_PROMOTE = f"{CMD_REGISTRY}.promote"
+CMD_REGISTRY_SET = f"{CMD_REGISTRY}.set"
 
 # Work items, one message per unit of work.
 WORK_INGEST_SHARD = f"{WORK}.ingest.shard"
@@ -52,6 +57,7 @@ KV_IDEM = "digits-idem"
 KV_USERS = "digits-users"
 KV_LOGINS = "digits-logins"  # failed logins, shared by the gateway replicas
 KV_PENDING = "digits-pending"  # jobs a gateway submitted that no service has stored yet
+KV_REGISTRY = "digits-registry"  # registered models: versions, aliases, rules (digits/registry.py)
 
 # Durable consumers.
 CONSUMER_JOB_COMMANDS = "job-commands"
@@ -62,6 +68,7 @@ CONSUMER_TRAIN = "train"
 CONSUMER_DLQ_FORWARDER = "dlq-forwarder"
 CONSUMER_S3_NOTIFICATIONS = "s3-notifications"
 CONSUMER_MODEL_SCHEDULER = "model-scheduler"
+CONSUMER_REGISTRY_COMMANDS = "registry-commands"
 
 # Queue groups for request/reply services.
 QUEUE_VIEW = "view"
@@ -75,6 +82,16 @@ def evt_job(job_id: str, name: str) -> str:
 def evt_job_all(job_id: str = "*") -> str:
     """Wildcard subject for every event of one job (or of all jobs)."""
     return f"{EVT}.job.{job_id}.>"
+
+
+def evt_registry(name: str, kind: str) -> str:
+    """Subject of one change (``kind``: promoted, version, ...) of registered model ``name``."""
+    return f"{EVT}.registry.{name}.{kind}"
+
+
+def evt_registry_all(name: str = "*") -> str:
+    """Wildcard subject for every change of one registered model (or of all)."""
+    return f"{EVT}.registry.{name}.>"
 
 
 def heartbeat(service: str, instance: str) -> str:
@@ -134,6 +151,7 @@ CONSUMERS: dict[str, ConsumerSpec] = {
         ConsumerSpec(CONSUMER_JOB_COMMANDS, STREAM_CMD, (f"{CMD}.job.>",)),
         ConsumerSpec(CONSUMER_DATASET_COMMANDS, STREAM_CMD, (f"{CMD}.dataset.>",)),
         ConsumerSpec(CONSUMER_MODEL_COMMANDS, STREAM_CMD, (f"{CMD}.model.>",)),
+        ConsumerSpec(CONSUMER_REGISTRY_COMMANDS, STREAM_CMD, (f"{CMD_REGISTRY}.>",)),
         ConsumerSpec(CONSUMER_INGEST, STREAM_WORK, (f"{WORK}.ingest.>",)),
         ConsumerSpec(CONSUMER_TRAIN, STREAM_WORK, (WORK_TRAIN,), max_deliver=3),
         ConsumerSpec(
@@ -156,4 +174,5 @@ KV_BUCKETS: dict[str, dict] = {
         "description": "recent failed logins (hashed keys)",
     },
     KV_PENDING: {"history": 1, "ttl": 300.0, "description": "just-submitted jobs, not stored yet"},
+    KV_REGISTRY: {"history": 5, "description": "registered models, versions and aliases"},
 }
