@@ -56,6 +56,9 @@ class Settings:
     train_gpus: tuple[int, ...] = ()  # GPUs a training worker may use; empty: all it has
     upload_ttl_s: float = 86400.0  # an upload no job refers to is removed once this old
     upload_sweep_s: float = 3600.0  # how often an ingest service sweeps uploads; 0: never
+    # A follower's next version starts once this many new samples and this long (defaults).
+    follow_min_new_samples: int = 1
+    follow_min_interval_s: float = 0.0
     # scheme://host[:port] regex that SNS certificate and SubscribeURL URLs must match; None: AWS's
     # (https://sns.<region>.amazonaws.com[.cn]). Another (e.g. a local SNS) is an operator's choice.
     sns_origin: str | None = None
@@ -138,6 +141,14 @@ class Settings:
             kw["upload_ttl_s"] = _float(
                 "DIGITS_UPLOAD_TTL_S", get("DIGITS_UPLOAD_TTL_S", ""), 60.0, 31_536_000.0
             )
+        if get("DIGITS_FOLLOW_MIN_NEW_SAMPLES"):
+            raw = get("DIGITS_FOLLOW_MIN_NEW_SAMPLES", "")
+            kw["follow_min_new_samples"] = int(
+                _float("DIGITS_FOLLOW_MIN_NEW_SAMPLES", raw, 0.0, 1e12)
+            )
+        if get("DIGITS_FOLLOW_MIN_INTERVAL_S"):
+            raw = get("DIGITS_FOLLOW_MIN_INTERVAL_S", "")
+            kw["follow_min_interval_s"] = _float("DIGITS_FOLLOW_MIN_INTERVAL_S", raw, 0.0, 1e9)
         if get("DIGITS_UPLOAD_SWEEP_S"):
             sweep = get("DIGITS_UPLOAD_SWEEP_S", "")
             kw["upload_sweep_s"] = _float("DIGITS_UPLOAD_SWEEP_S", sweep, 0.0, 604800.0)
@@ -185,6 +196,8 @@ class Settings:
             "DIGITS_HEALTH_HOST": self.health_host,
             "DIGITS_UPLOAD_TTL_S": str(self.upload_ttl_s),
             "DIGITS_UPLOAD_SWEEP_S": str(self.upload_sweep_s),
+            "DIGITS_FOLLOW_MIN_NEW_SAMPLES": str(self.follow_min_new_samples),
+            "DIGITS_FOLLOW_MIN_INTERVAL_S": str(self.follow_min_interval_s),
         }
         optional = {
             "DIGITS_NATS_CREDS": self.nats_creds,

@@ -69,6 +69,7 @@ CONSUMER_DLQ_FORWARDER = "dlq-forwarder"
 CONSUMER_S3_NOTIFICATIONS = "s3-notifications"
 CONSUMER_MODEL_SCHEDULER = "model-scheduler"
 CONSUMER_REGISTRY_COMMANDS = "registry-commands"
+CONSUMER_MODEL_FOLLOWERS = "model-followers"
 
 # Queue groups for request/reply services.
 QUEUE_VIEW = "view"
@@ -156,6 +157,12 @@ CONSUMERS: dict[str, ConsumerSpec] = {
         ConsumerSpec(CONSUMER_TRAIN, STREAM_WORK, (WORK_TRAIN,), max_deliver=3),
         ConsumerSpec(
             CONSUMER_MODEL_SCHEDULER, STREAM_EVT, (evt_job("*", "status"),), deliver_new=True
+        ),
+        ConsumerSpec(
+            CONSUMER_MODEL_FOLLOWERS,
+            STREAM_EVT,
+            (evt_job("*", "dataset.updated"),),
+            deliver_new=True,
         ),
         ConsumerSpec(CONSUMER_DLQ_FORWARDER, STREAM_ADVISORY, (ADVISORY_MAX_DELIVERIES,)),
         ConsumerSpec(CONSUMER_S3_NOTIFICATIONS, STREAM_S3, (f"{S3}.>",)),

@@ -12,6 +12,7 @@ from digits.registry import Registry
 from digits.service import ServiceRuntime, main, periodically
 from digits.store import store_from_settings
 from train_service import devices
+from train_service.follow import Follower
 from train_service.registry_worker import RegistryWorker
 from train_service.scheduler import Scheduler
 from train_service.trainer import Trainer
@@ -26,18 +27,30 @@ async def setup(rt: ServiceRuntime) -> None:
     await asyncio.to_thread(devices.configure, rt.settings)
     store = store_from_settings(rt.settings)
     rt.defer(store.close)
-    scheduler = Scheduler(rt.js, rt.jobs)
-    rt.add_worker(subjects.CONSUMERS[subjects.CONSUMER_MODEL_COMMANDS], scheduler.on_create)
     reg = RegistryWorker(rt.js, rt.jobs, Registry(rt.kv[subjects.KV_REGISTRY], rt.js))
+    follower = Follower(rt.js, rt.jobs, reg.registry)
+    defaults = {
+        "min_new_samples": rt.settings.follow_min_new_samples,
+        "min_interval_s": rt.settings.follow_min_interval_s,
+    }
+    scheduler = Scheduler(rt.js, rt.jobs, reg.register_job, defaults)
+    rt.add_worker(subjects.CONSUMERS[subjects.CONSUMER_MODEL_COMMANDS], scheduler.on_create)
     rt.add_worker(subjects.CONSUMERS[subjects.CONSUMER_REGISTRY_COMMANDS], reg.on_command)
+    rt.add_worker(subjects.CONSUMERS[subjects.CONSUMER_MODEL_FOLLOWERS], follower.on_updated)
 
     async def on_status(msg: Msg) -> None:
         await scheduler.on_status(msg)
-        await reg.on_status(msg)
+        job = await reg.on_status(msg)
+        if job is not None:
+            await follower.ended(job)
+
+    async def sweep() -> None:
+        await reg.sweep()
+        await follower.sweep()
 
     rt.add_worker(subjects.CONSUMERS[subjects.CONSUMER_MODEL_SCHEDULER], on_status)
     rt.background(scheduler.run(rt.stop))
-    rt.background(periodically(rt.stop, 10.0, reg.sweep, "registry sweep"))
+    rt.background(periodically(rt.stop, 5.0, sweep, "registry and follower sweep"))
     trainer = Trainer(rt.js, rt.jobs, store, rt.settings)
     rt.add_worker(subjects.CONSUMERS[subjects.CONSUMER_TRAIN], trainer.on_train)
 

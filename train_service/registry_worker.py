@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from typing import Any
 
 import msgspec
@@ -13,6 +15,7 @@ from digits import events, jobs, registry
 from digits.commands import reject
 from digits.jobs import Job, JobNotFound, JobStore
 from digits.registry import Change, ModelVersion, RegisteredModel, Registry, RegistryError
+from train_service import follow as follow_
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +95,40 @@ class RegistryWorker:
             raise RegistryError(f"model {job_id} belongs to {job.owner!r}, not to {owner!r}")
         return job
 
+    async def register_job(self, job: Job, fields: dict[str, Any], cmd: events.Event) -> None:
+        """Register a model job that model.create named a ``registry_name`` for (a follower too)."""
+        lineage = job.form.get(follow_.LINEAGE_KEY) or {}
+        rule = {k: fields[k] for k in ("alias", "metric")} | {"margin": fields["promote_margin"]}
+        follow = None
+        if fields["mode"] and not lineage:  # a follower's own versions do not follow again
+            dataset_version, samples = 0, 0
+            with contextlib.suppress(JobNotFound):
+                dataset = await self.jobs.get(job.depends_on[0])
+                dataset_version = int(dataset.extra.get("finalized") or 1)
+                samples = follow_.total(dataset.extra.get("counts") or {})
+            follow = registry.Follow(
+                dataset_id=job.depends_on[0],
+                mode=fields["mode"],
+                min_new_samples=fields["follow_min_new_samples"],
+                min_interval_s=fields["follow_min_interval_s"],
+                last_dataset_version=dataset_version,
+                last_samples=samples,
+                last_started_at=time.time(),
+                training=job.id,  # updates that arrive while v1 trains go into v2
+            )
+        register = events.RegistryRegister(
+            event_id=cmd.event_id, name=fields["name"], job_id=job.id, owner=job.owner, rule=rule
+        )
+        known = {"parent_version", "snapshot", "mode"}
+        await self.register(
+            register, follow=follow, lineage={k: v for k, v in lineage.items() if k in known}
+        )
+
     async def register(
-        self, cmd: events.RegistryRegister, follow: registry.Follow | None = None
+        self,
+        cmd: events.RegistryRegister,
+        follow: registry.Follow | None = None,
+        lineage: dict[str, Any] | None = None,
     ) -> RegisteredModel:
         """Register a model job: version 1 of a new name, or the next version of its owner's."""
         registry.check_name(cmd.name)
@@ -112,7 +147,7 @@ class RegistryWorker:
             except registry.UnknownModel:
                 model = await self._create(cmd, job, follow)
             else:
-                model = await self._add(cmd, job)
+                model = await self._add(cmd, job, **(lineage or {}))
         number = model.by_job(job.id).version  # type: ignore[union-attr]
         await self.jobs.update(job.id, lambda j: _linked(j, cmd.name, number))
         for alias in aliases:
@@ -236,16 +271,17 @@ class RegistryWorker:
 
         return await self.registry.update(cmd.name, change)
 
-    async def on_status(self, msg: Msg) -> None:
+    async def on_status(self, msg: Msg) -> Job | None:
         """A job changed status: a registered model job that ended finishes its version."""
         event = events.decode(msg.data, events.JobStatusChanged)
         if event.job_type != "model" or event.status not in jobs.TERMINAL:
-            return
+            return None
         try:
             job = await self.jobs.get(event.job_id)
         except JobNotFound:
-            return
+            return None
         await self.finish(job)
+        return job
 
     async def finish(self, job: Job) -> RegisteredModel | None:
         """Record a registered job's end (state, metrics), then let the rule judge it."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -12,14 +13,16 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from digits import bus, events, jobs, uploads
+from digits import bus, events, jobs, registry, uploads
 from digits.commands import reject
 from digits.jobs import Job, JobNotFound, JobStore
 from digits.service import periodically
+from train_service import follow
 
 log = logging.getLogger(__name__)
 
 SWEEP_FIELDS = ("learning_rate", "batch_size")
+Registrar = Callable[[Job, dict[str, Any], events.Event], Awaitable[None]]
 
 
 def sweep_values(form: dict[str, Any], field: str) -> list[Any]:
@@ -58,15 +61,26 @@ def sweep(name: str, form: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 class Scheduler:
     """Creates model jobs and queues each for training once its dataset is Done."""
 
-    def __init__(self, js: JetStreamContext, jobs_: JobStore) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        jobs_: JobStore,
+        registrar: Registrar | None = None,
+        follow_defaults: dict[str, float] | None = None,
+    ) -> None:
         self.js = js
         self.jobs = jobs_
+        self.registrar = registrar  # registers a job that names a registry_name
+        self.follow_defaults = follow_defaults or {"min_new_samples": 1, "min_interval_s": 0.0}
 
     async def on_create(self, msg: Msg) -> None:
         """Handle model.create: validate, create the sweep's jobs (once), queue or wait."""
         cmd = events.decode(msg.data, events.ModelCreate)
         try:
             combos = sweep(cmd.name, dict(cmd.form))
+            fields = follow.registration(dict(cmd.form), self.follow_defaults)
+            if fields and fields["mode"] and len(combos) > 1:
+                raise ValueError(f"follow cannot be combined with a sweep of {len(combos)} runs")
         except ValueError as exc:
             await reject(self.js, cmd, str(exc))
             return
@@ -101,6 +115,14 @@ class Scheduler:
                 job = await self.jobs.create(job)
             except jobs.JobError:
                 job = await self.jobs.get(job_id)
+            if fields and self.registrar is not None:
+                try:
+                    await self.registrar(job, fields, cmd)
+                except (registry.RegistryError, ValueError) as exc:
+                    why = f"could not register as {fields['name']!r}: {exc}"
+                    await self.jobs.set_status(job.id, jobs.ERROR, why)
+                    await reject(self.js, cmd, why)
+                    continue
             await self.advance(job)
 
     async def advance(self, job: Job) -> None:
