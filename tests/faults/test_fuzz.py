@@ -46,6 +46,7 @@ from digits.jobs import Job, JobStore
 from digits.notifications import NotificationError, parse_notification
 from tests.faults.conftest import ServiceStack
 from tests.integration.test_ingest import make_folder
+from train_service.registry_worker import RegistryCommand
 from view_service.handlers import ROUTES
 
 SEED = int(os.environ.get("DIGITS_FUZZ_SEED") or 20261207)
@@ -298,7 +299,24 @@ BASES: dict[type[events.Event], Callable[[Any], dict]] = {
     events.JobStatusChanged: _cmd(
         events.JobStatusChanged, job_id=job_ref, job_type="dataset", status="D"
     ),
+    events.DatasetUpdated: _cmd(
+        events.DatasetUpdated,
+        job_id=job_ref,
+        manifest_url="file:///nowhere/manifest.json",
+        version=2,
+        counts={"train_db": 5},
+    ),
+    events.RegistryRegister: _cmd(
+        events.RegistryRegister, name="fuzz-model", job_id=job_ref, owner="fuzz"
+    ),
+    events.RegistryPromote: _cmd(
+        events.RegistryPromote, name="fuzz-model", version=1, owner="fuzz", expected=0
+    ),
+    events.RegistrySet: _cmd(
+        events.RegistrySet, name="fuzz-model", owner="fuzz", rule={"margin": 0.1}
+    ),
 }
+REGISTRY_COMMANDS = (events.RegistryRegister, events.RegistryPromote, events.RegistrySet)
 TAGS = st.sampled_from([events.tag_of(c) for c in events.ALL_EVENTS] + ["", "nope"])
 CMD_EXTRA = [("type",), ("event_id",), ("occurred_at",)]
 
@@ -388,6 +406,13 @@ CONTRACTS: dict[str, StreamContract] = {
     subjects.CONSUMER_MODEL_SCHEDULER: StreamContract(
         _typed(events.JobStatusChanged),
         lambda _s: cases(BASES[events.JobStatusChanged], job_ref, CMD_EXTRA),
+    ),
+    subjects.CONSUMER_REGISTRY_COMMANDS: StreamContract(
+        _typed(RegistryCommand), _contract_cases, command=True
+    ),
+    subjects.CONSUMER_MODEL_FOLLOWERS: StreamContract(
+        _typed(events.DatasetUpdated),
+        lambda _s: cases(BASES[events.DatasetUpdated], job_ref, CMD_EXTRA),
     ),
     subjects.CONSUMER_S3_NOTIFICATIONS: StreamContract(parse_notification, lambda _s: s3_cases()),
     subjects.CONSUMER_DLQ_FORWARDER: StreamContract(
@@ -644,7 +669,8 @@ async def check_command(
     """A decoded command was carried out, or rejected with a reason: which."""
 
     def rejection() -> str | None:
-        return obs.rejected.get(cmd.event_id) or obs.rejected.get(f"job:{cmd.job_id}")
+        by_job = obs.rejected.get(f"job:{getattr(cmd, 'job_id', None)}")
+        return obs.rejected.get(cmd.event_id) or by_job
 
     if await obs.soon(rejection, 0.1):
         return "rejected"
@@ -662,6 +688,8 @@ async def carried_out(
 ) -> None:
     """A command that was not rejected: its job exists (create) or it named a real job."""
     assert obs.jobs is not None
+    if isinstance(cmd, REGISTRY_COMMANDS):  # no model job of "fuzz" exists: none can succeed
+        raise AssertionError(f"{where}: {events.tag_of(type(cmd))} was acked without a rejection")
     if isinstance(cmd, events.DatasetCreate | events.ModelCreate):
         prefix = "dataset" if isinstance(cmd, events.DatasetCreate) else "model"
         if sent_id:

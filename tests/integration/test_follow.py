@@ -180,7 +180,7 @@ def batch(tag: str, per_class: int, rng, swap: bool = False) -> dict[str, bytes]
 async def test_a_follower_retrains_on_new_objects_and_only_a_better_version_is_promoted(
     nats_server, nc, stack, moto_url, unique
 ):
-    await asyncio.gather(
+    _, train = await asyncio.gather(
         asyncio.to_thread(stack, "ingest_service", DIGITS_WATCH_INTERVAL_S="0.5"),
         asyncio.to_thread(stack, "train_service"),
     )
@@ -215,12 +215,31 @@ async def test_a_follower_retrains_on_new_objects_and_only_a_better_version_is_p
     assert model.version(1).state == "done", model.version(1).note
     assert model.aliases == {"production": 1}
 
+    async def registered(number: int):
+        model = await reg.get("shapes")
+        return model if model.latest() >= number else None
+
     async def notify(objects: dict[str, bytes]) -> None:
         etags = await upload(moto_url, bucket, objects)
         await nc.jetstream().publish(f"{subjects.S3}.{bucket}", aws_notification(bucket, etags))
 
     # More of the same: version 2 trains by itself on dataset version 2, fine-tuned, and wins.
+    # The train service is SIGKILLed while v2 trains: the alias stays until v2 is done.
     await notify(batch("b", 40, rng))
+    store, _, _ = await setup(nc)
+
+    async def v2_running():
+        model = await registered(2)
+        if model is None:
+            return None
+        return (await store.get(model.version(2).job_id)).status == jobs.RUNNING
+
+    await wait_for(v2_running, timeout=120, interval=0.05)
+    train.proc.kill()
+    train.proc.wait(10)
+    model = await reg.get("shapes")
+    assert model.version(2).state == "training" and model.aliases == {"production": 1}
+    await asyncio.to_thread(stack, "train_service")
     model = await wait_for(lambda: version_done(2), timeout=240, interval=0.5)
     v2 = model.version(2)
     assert v2.state == "done", v2.note
@@ -238,10 +257,6 @@ async def test_a_follower_retrains_on_new_objects_and_only_a_better_version_is_p
     # Mislabelled new data: version 3 trains, is worse, and the alias stays, saying why. More of
     # it arrives while v3 trains: it is held for the next version (v4), not lost, not in parallel.
     await notify(batch("c", 60, rng, swap=True))
-
-    async def registered(number: int):
-        model = await reg.get("shapes")
-        return model if model.latest() >= number else None
 
     await wait_for(lambda: registered(3), timeout=120, interval=0.2)
     await notify(batch("d", 60, rng, swap=True))

@@ -45,6 +45,8 @@ def test_a_list_of_nats_servers_and_an_s3_store():
         ("DIGITS_ALLOW_PYTHON_NETWORKS", "maybe", "'maybe' is not a boolean"),
         ("DIGITS_SNS_ORIGIN", "http://(127", "DIGITS_SNS_ORIGIN='http://(127' is not a regular"),
         ("DIGITS_SNS_CONFIRM", "later", "DIGITS_SNS_CONFIRM='later' is not a boolean"),
+        ("DIGITS_FOLLOW_MIN_NEW_SAMPLES", "-3", "DIGITS_FOLLOW_MIN_NEW_SAMPLES='-3' is out of"),
+        ("DIGITS_FOLLOW_MIN_INTERVAL_S", "soon", "DIGITS_FOLLOW_MIN_INTERVAL_S='soon' is not a"),
     ],
 )
 def test_bad_values_are_named(var, value, message):
@@ -79,3 +81,11 @@ def test_the_upload_ttl_and_sweep_period():
     for var, (value, message) in bad.items():
         with pytest.raises(ConfigError, match=re.escape(message)):
             Settings.from_env({var: value})
+
+
+def test_follower_bounds_default_and_travel_to_child_processes():
+    assert Settings.from_env({}).follow_min_new_samples == 1
+    env = {"DIGITS_FOLLOW_MIN_NEW_SAMPLES": "250", "DIGITS_FOLLOW_MIN_INTERVAL_S": "600"}
+    settings = Settings.from_env(env)
+    assert (settings.follow_min_new_samples, settings.follow_min_interval_s) == (250, 600.0)
+    assert Settings.from_env(settings.to_env()) == settings
