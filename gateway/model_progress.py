@@ -71,6 +71,21 @@ async def read(
     return points, seq, seq < last.seq
 
 
+async def read_all(
+    js: JetStreamContext, job_id: str, page: int | None = None
+) -> list[dict[str, Any]]:
+    """Every progress point of the job still on the stream, oldest first (``read`` until done)."""
+    points: list[dict[str, Any]] = []
+    seq, more = 0, True
+    while more:
+        found, after, more = await read(js, job_id, seq, page or MAX_POINTS)
+        if after <= seq:
+            break  # nothing moved on (expired meanwhile): what arrived is the history
+        points.extend(found)
+        seq = after
+    return points
+
+
 def lr_curve(form: dict[str, Any], steps: int = 100) -> list[tuple[float, float]]:
     """DIGITS's learning-rate preview: (percent of training, rate) for the form's policy."""
     fields = dict(form)

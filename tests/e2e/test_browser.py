@@ -119,6 +119,7 @@ STEPS = (
     "04-new-model",
     "05-training",
     "06-classify",
+    "07-compare",  # taken by test_browser_compare.py
 )
 GUIDE_IMAGES = ROOT / "docs" / "guide" / "img"
 
