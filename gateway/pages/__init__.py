@@ -13,7 +13,16 @@ def register(app: Flask) -> None:
     app.context_processor(
         lambda: {"dataset_menu": common.dataset_menu, "model_menu": common.model_menu}
     )
-    for name in ("home", "datasets", "models", "models_infer", "models_generic", "jobs", "events"):
+    for name in (
+        "home",
+        "datasets",
+        "models",
+        "models_infer",
+        "models_generic",
+        "jobs",
+        "events",
+        "registry",
+    ):
         try:
             module = __import__(f"gateway.pages.{name}", fromlist=["bp"])
         except ModuleNotFoundError as exc:
