@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 import nats.errors
-from flask import g
+from flask import current_app, g
 
 from digits import bus, events, subjects
 from digits.jobs import Job, JobNotFound
@@ -64,9 +64,7 @@ class Outcome:
             found["registered_model"] = record_json(self.model) if self.model else None
         elif self.code == 202:
             found["pending"] = True
-            found["message"] = (
-                f"command {self.command_id} is queued; no outcome within {OUTCOME_TIMEOUT_S:g}s"
-            )
+            found["message"] = f"command {self.command_id} is queued; no outcome yet"
         else:
             found["error"] = self.reason
         return found
@@ -219,8 +217,13 @@ def context_user() -> str:
     return g.user.username
 
 
-def send(command: events.Event, name: str, timeout: float = OUTCOME_TIMEOUT_S) -> Outcome:
-    """Publish a registry command and wait for its outcome event (at most ``timeout``)."""
+def send(command: events.Event, name: str, timeout: float | None = None) -> Outcome:
+    """Publish a registry command and wait for its outcome event (at most ``timeout``).
+
+    The wait is OUTCOME_TIMEOUT_S unless the app config's REGISTRY_OUTCOME_S says otherwise.
+    """
+    if timeout is None:
+        timeout = float(current_app.config.get("REGISTRY_OUTCOME_S") or OUTCOME_TIMEOUT_S)
     client = context.bus_client()
     watched = [subjects.evt_registry_all(name), f"{subjects.EVT}.rejected"]
     job_id = getattr(command, "job_id", None)

@@ -180,7 +180,8 @@ def test_the_train_services_refusal_is_a_400_with_its_reason(client, bus_client,
     assert [(c.name, c.owner) for c in commands] == [("broken", "alice")]
 
 
-def test_without_an_answer_the_command_is_202_with_its_id(client, bus_client, users):
+def test_without_an_answer_the_command_is_202_with_its_id(app, client, bus_client, users):
+    app.config["REGISTRY_OUTCOME_S"] = 1.0
     job = model(bus_client)  # no train service: nobody answers
     response = client.post(
         "/registry.json", json={"name": "shapes", "job_id": job.id}, headers=ALICE
@@ -188,6 +189,7 @@ def test_without_an_answer_the_command_is_202_with_its_id(client, bus_client, us
     assert response.status_code == 202
     [command] = stored_events(bus_client, subjects.CMD_REGISTRY_REGISTER)
     assert response.get_json()["command_id"] == command.event_id
+    assert response.get_json()["pending"] is True
 
 
 # --- the pages ---------------------------------------------------------------------------------
