@@ -194,6 +194,9 @@ def register(name: Any, job_id: Any, rule: Any = None) -> Outcome:
         raise Refused(
             403, f"{name!r} belongs to {existing.owner!r}; model {job.id} is {job.owner!r}'s"
         )
+    link = job.extra.get("registry")
+    if existing is not None and isinstance(link, dict) and link.get("name") == name:
+        return Outcome(200, "", existing)  # registered already: no command, no event
     if rule is not None and not isinstance(rule, dict):
         raise Refused(400, f"rule {rule!r} is not an object (alias, metric, margin)")
     command = events.RegistryRegister(name=name, job_id=job.id, owner=job.owner, rule=rule)

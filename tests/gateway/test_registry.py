@@ -128,6 +128,11 @@ def test_register_promote_and_conflicts_through_the_json_api(client, bus_client,
         "/registry.json", json={"name": "shapes", "job_id": second.id}, headers=ALICE
     )
     assert response.get_json()["registered_model"]["latest"] == 2
+    again = client.post(
+        "/registry.json", json={"name": "shapes", "job_id": first.id}, headers=ALICE
+    )
+    assert again.status_code == 200 and again.get_json()["registered_model"]["latest"] == 2
+    assert len(stored_events(bus_client, subjects.CMD_REGISTRY_REGISTER)) == 2  # no third command
     listed = client.get("/registry.json", headers=BOB).get_json()["registered_models"]
     assert [(m["name"], m["owner"], m["latest"]) for m in listed] == [("shapes", "alice", 2)]
 
