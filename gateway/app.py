@@ -1,9 +1,10 @@
 """The Flask application factory: the gateway's composition root.
 
-Imports run one way: ``app`` -> the views (``api``, ``classify``, ``models_api``, ``health``,
-``webhook``, ``plugin_static``, ``pages``) -> their helpers (``model_submit``, ``model_progress``,
-``inference``, ``auth``, ``runtime``) -> ``context`` -> ``accounts``, ``busclient``, ``forms``,
-``jobcache``. No view imports ``gateway.app``: ``context`` hands them what it built.
+Imports run one way: ``app`` -> the views (``api``, ``classify``, ``models_api``, ``registry_api``,
+``health``, ``webhook``, ``plugin_static``, ``pages``) -> their helpers (``model_submit``,
+``model_progress``, ``registry_ops``, ``inference``, ``auth``, ``runtime``) -> ``context`` ->
+``accounts``, ``busclient``, ``forms``, ``jobcache``. No view imports ``gateway.app``:
+``context`` hands them what it built.
 """
 
 from __future__ import annotations
@@ -20,7 +21,17 @@ from flask_wtf.csrf import CSRFProtect
 
 from digits.config import Settings
 from digits.sns import SnsVerifier
-from gateway import api, classify, context, health, models_api, pages, plugin_static, webhook
+from gateway import (
+    api,
+    classify,
+    context,
+    health,
+    models_api,
+    pages,
+    plugin_static,
+    registry_api,
+    webhook,
+)
 from gateway.accounts import Accounts, LoginLimiter, SharedLoginLimiter
 from gateway.busclient import BusClient
 
@@ -84,11 +95,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # The JSON API and the webhook authenticate every request (Basic/Bearer), not by cookie.
     csrf.exempt(api.bp)
     csrf.exempt(models_api.bp)
+    csrf.exempt(registry_api.bp)
     csrf.exempt(classify.bp)
     csrf.exempt(webhook.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(models_api.bp)
+    app.register_blueprint(registry_api.bp)
     app.register_blueprint(classify.bp)
     app.register_blueprint(webhook.bp)
     app.register_blueprint(plugin_static.bp)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from digits.registry import FOLLOW_MODES, check_alias, check_name
 from digits.secrets import SECRET_FIELDS
 
 METHODS = ("folder", "textfile", "s3")
@@ -189,7 +190,39 @@ def model_form(form: Mapping[str, Any]) -> tuple[str, str, str, dict[str, Any]]:
     c.number("early_stopping", int, 0, 100_000)
     if "shuffle" in form:
         c.flag("shuffle")
+    registry_fields(c)
     return name, dataset_id, c.raw("group_name"), c.done()
+
+
+def registry_fields(c: _Checker) -> None:
+    """The New Model form's registry fields: register under a name, follow, the promotion rule."""
+    registry_name = c.raw("registry_name")
+    for key in ("registry_name", "follow", "promote_alias", "promote_metric"):
+        c.out.pop(key, None)  # put back below once checked (stripped)
+    if registry_name:
+        try:
+            c.out["registry_name"] = check_name(registry_name, "registry_name")
+        except ValueError as exc:
+            c.error("registry_name", str(exc))
+    follow = c.raw("follow").lower()
+    if follow:
+        if follow not in FOLLOW_MODES:
+            c.error("follow", f"follow {c.raw('follow')!r} is not one of {', '.join(FOLLOW_MODES)}")
+        elif not registry_name:
+            c.error("follow", f"follow {follow!r} needs registry_name (the name to register under)")
+        else:
+            c.out["follow"] = follow
+    c.number("follow_min_new_samples", int, 0, 1 << 31)
+    c.number("follow_min_interval_s", float, 0, 1e9)
+    alias = c.raw("promote_alias")
+    if alias:
+        try:
+            c.out["promote_alias"] = check_alias(alias)
+        except ValueError as exc:
+            c.error("promote_alias", f"promote_alias: {exc}")
+    if c.raw("promote_metric"):
+        c.out["promote_metric"] = c.raw("promote_metric")
+    c.number("promote_margin", float, 0, 1e9)
 
 
 def redacted(form: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ def register(app: Flask) -> None:
         "jobs",
         "events",
         "compare",
+        "registry",
     ):
         try:
             module = __import__(f"gateway.pages.{name}", fromlist=["bp"])

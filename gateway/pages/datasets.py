@@ -23,6 +23,7 @@ from digits import events
 from digits.extensions.data import UnknownExtension, get_extension
 from digits.jobs import INITIALIZED, STATUS_NAMES, Job, JobNotFound, new_job_id
 from digits.paths import PathNotAllowed, confine
+from gateway import registry_ops
 from gateway.auth import page_login_required
 from gateway.context import bus_client, job_store
 from gateway.context import pending as _pending
@@ -247,6 +248,14 @@ def _dataset(job_id: str) -> Job:
     return job
 
 
+def _followers(job_id: str) -> list[Any]:
+    """The registered models that follow this dataset (none while the registry is unreadable)."""
+    try:
+        return registry_ops.followers(job_id)
+    except (registry_ops.Refused, TimeoutError):
+        return []
+
+
 @bp.get("/datasets/<job_id>")
 @page_login_required
 def show(job_id: str) -> ResponseReturnValue:
@@ -254,6 +263,7 @@ def show(job_id: str) -> ResponseReturnValue:
     job = _dataset(job_id)
     context = _status_context(job)
     context["models"] = dependents(job.id)
+    context["followers"] = _followers(job.id)
     context["form"] = {k: v for k, v in df.shown_values(job.form).items() if k not in df.UPLOADS}
     live = None if context["finished"] else f"/events?job={job.id}"
     return page("datasets/show.html", "datasets/_status.html", live_url=live, **context)

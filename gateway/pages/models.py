@@ -300,8 +300,16 @@ def show(job_id: str) -> ResponseReturnValue:
         generic=generic,
         live_url=f"/events?job={job.id}" if context["running"] else None,
         may_use=ownership.may_use(job.owner),
+        registry_link=_registry_link(job),
+        may_register=not pending and job.status_name == "Done" and may_change(job.owner),
         **context,
     )
+
+
+def _registry_link(job: Job) -> dict[str, Any] | None:
+    """The registered name and version this model job is, if it is one."""
+    link = job.extra.get("registry")
+    return link if isinstance(link, dict) and "name" in link else None
 
 
 @bp.get("/models/<job_id>/status")

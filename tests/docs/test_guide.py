@@ -36,6 +36,7 @@ PAGES = (
     "data-plugins.md",
     "view-plugins.md",
     "other-systems.md",
+    "models.md",
     "operating.md",
 )
 PASSWORD = "guide-admin-password-1"
