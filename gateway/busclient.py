@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 from digits import bus, events, subjects
 from digits.config import Settings
 from digits.jobs import Job, JobStore
+from digits.registry import Registry
 from gateway.jobcache import ACTIVE, JobCache, JobSummary, Listing
 from gateway.live import LiveHub
 
@@ -37,6 +38,7 @@ class BusClient:
         self.loop = asyncio.new_event_loop()
         self.nc: NATS | None = None
         self.jobs: JobStore | None = None
+        self.registry: Registry | None = None
         self.job_cache: JobCache | None = None
         self.live = LiveHub()
         self.started_at = time.time()
@@ -72,6 +74,7 @@ class BusClient:
         await bus.ensure_streams(js, self.settings.replicas)
         kv = await bus.ensure_kv(js, self.settings.replicas)
         self.jobs = JobStore(js, kv[subjects.KV_JOBS])
+        self.registry = Registry(kv[subjects.KV_REGISTRY])  # read only: changes are commands
         self.job_cache = await JobCache(kv[subjects.KV_JOBS]).start()
         await self.live.start(self.nc)
         await self.nc.subscribe(f"{subjects.HEARTBEAT}.>", cb=self._on_heartbeat)
