@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -30,9 +30,6 @@ from digits.jobs import Job, JobNotFound, JobStore
 from digits.models.layout import DEFAULT_SCALE, INFO, LABELS, model_key, snapshot_key, snapshot_name
 from digits.store import NotFoundError, Store
 from digits.utils.image import RESIZE_MODES, ImageError, load_image, resize_image
-
-if TYPE_CHECKING:
-    from view_service.refs import Refs
 
 log = logging.getLogger(__name__)
 
@@ -547,4 +544,4 @@ class Deps:
     store: Store
     data_roots: Sequence[str] = ()  # where image_list and folder paths may point
     work_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir(), "digits-view"))
-    refs: Refs | None = None  # resolves name@alias and name@vN (None: job ids only)
+    refs: Any = None  # a view_service.refs.Refs: resolves name@alias, name@vN (None: job ids)
