@@ -14,7 +14,7 @@ import pytest
 
 from digits import jobs, subjects
 from digits.registry import ModelVersion, RegisteredModel
-from tests.gateway.conftest import add_job, basic
+from tests.gateway.conftest import Browser, add_job, basic
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -49,9 +49,12 @@ def registered(accounts, bus_client):
     bus_client.call(sub.unsubscribe())
 
 
+def _image() -> tuple[io.BytesIO, str]:
+    return io.BytesIO(b"\x89PNG"), "x.png"
+
+
 def _post(client, job_id: str, who):
-    image = (io.BytesIO(b"\x89PNG"), "x.png")
-    return client.post(URL, data={"job_id": job_id, "image_file": image}, headers=who)
+    return client.post(URL, data={"job_id": job_id, "image_file": _image()}, headers=who)
 
 
 def test_a_ref_is_checked_and_passed_on_to_the_view_service(client, registered):
@@ -83,3 +86,27 @@ def test_unknown_refs_are_404s_naming_them(client, registered):
         assert answered.status_code == 404, (ref, answered.get_json())
         assert ref in answered.get_json()["error"] and error in answered.get_json()["error"]
     assert not asked
+
+
+def test_the_classify_page_takes_a_ref_in_its_url(client, registered):
+    model, asked = registered
+    alice = Browser(client)
+    alice.login("alice", "pw-alice-1")
+    answered = alice.post(
+        "/models/shapes@production/classify_one", {"image_file": _image()}, htmx=True
+    )
+    assert answered.status_code == 200, answered.get_data(as_text=True)[-500:]
+    assert asked[-1]["job_id"] == "shapes@production"
+
+
+def test_the_classify_page_refuses_another_owners_ref_and_an_unknown_one(client, registered):
+    bob = Browser(client)
+    bob.login("bob", "pw-bob-1")
+    refused = bob.post(
+        "/models/shapes@production/classify_one", {"image_file": _image()}, htmx=True
+    )
+    assert refused.status_code == 403 and "shapes" in refused.get_data(as_text=True)
+    missing = bob.post(
+        "/models/nosuch@production/classify_one", {"image_file": _image()}, htmx=True
+    )
+    assert missing.status_code == 404 and "nosuch" in missing.get_data(as_text=True)
