@@ -9,6 +9,7 @@ import nats.errors
 from flask import abort
 
 from digits.jobs import Job, JobNotFound
+from digits.registry import RegistryError, is_ref
 from gateway import context, ownership
 from gateway.forms import FormErrors
 
@@ -17,11 +18,35 @@ MANY_TIMEOUT_S = 300.0
 
 
 def model_id(form: dict[str, Any]) -> str:
-    """The form's ``job_id``, a model job's (a 404 otherwise)."""
+    """The form's ``job_id`` (a model job's) or registry ref, checked; a 404 or 403 otherwise.
+
+    A ref (``name@alias``, ``name@vN``) is returned as it is, so that the view service
+    follows the alias; the job it names now is checked here.
+    """
     job_id = str(form.get("job_id") or "").strip()
     if not job_id:
-        raise FormErrors({"job_id": ["job_id is required (the model job's id)"]})
+        raise FormErrors({"job_id": ["job_id is required (the model job's id, or name@alias)"]})
+    if is_ref(job_id):
+        model_job(resolve_ref(job_id))
+        return job_id
     return model_job(job_id).id
+
+
+def resolve_ref(ref: str, use: str = "run") -> str:
+    """The job id a registry ref names now (a 404 naming what is unknown, a 403 naming it)."""
+    bus_client = context.bus_client()
+    assert bus_client.registry is not None
+    try:
+        model, version = bus_client.call(bus_client.registry.resolve_version(ref))
+    except RegistryError as exc:
+        abort(404, description=f"model reference {ref!r}: {exc}")
+    if not ownership.may_use(model.owner):
+        abort(
+            403,
+            description=f"registered model {model.name!r} belongs to {model.owner or 'nobody'}:"
+            f" only its owner or an admin may {use} it",
+        )
+    return version.job_id
 
 
 def model_job(job_id: str, use: str = "run") -> Job:

@@ -19,11 +19,13 @@ from prometheus_client import Histogram
 
 from digits import subjects
 from digits.natsserver import free_port
+from digits.registry import Registry
 from digits.service import ServiceRuntime, main, periodically
 from digits.store import store_from_settings
 from digits.supervisor import Supervisor, child_env, python_module
 from view_service.handlers import ROUTES, respond
 from view_service.models import Batcher, Deps, ModelCache
+from view_service.refs import Refs
 
 NAME = "view"
 BATCH = 32  # single images predicted together
@@ -116,6 +118,12 @@ async def setup(rt: ServiceRuntime) -> None:
         batcher.close()
 
     rt.defer(close_batcher)
+
+    async def warm(job_id: str) -> object:
+        return await deps.cache.get(job_id)
+
+    deps.refs = await Refs(Registry(rt.kv[subjects.KV_REGISTRY]), warm).start()
+    rt.defer(deps.refs.stop)
     bound = f"DIGITS_VIEW_QUEUE={settings.view_queue}"
     for subject in ROUTES:
         running = RUNNING.get(subject, RUNNING_OTHERS)

@@ -44,7 +44,7 @@ class Prediction(msgspec.Struct, kw_only=True):
 class ClassifyOne(msgspec.Struct, kw_only=True):
     """Classify one image."""
 
-    job_id: str  # the model job
+    job_id: str  # the model job, or a registry ref: name@alias, name@vN
     epoch: float = -1.0  # the snapshot's epoch; -1: the latest
     image: bytes = b""  # the encoded image (PNG, JPEG, ...), at most MAX_IMAGE_BYTES
     top_k: Positive = 5  # how many classes to return, most likely first
@@ -56,13 +56,15 @@ class ClassifyOneReply(msgspec.Struct, kw_only=True):
     ok: bool = True
     job_id: str  # the model job
     epoch: float  # the snapshot's epoch that answered
+    ref: str | None = None  # the registry ref asked for (name@alias, name@vN), if one was
+    version: int | None = None  # the registered version that answered it
     predictions: list[Prediction]  # top_k classes, most likely first
 
 
 class _Source(msgspec.Struct, kw_only=True):
     """Images for ClassifyMany and TopN: exactly one of images, image_list, folder, stage."""
 
-    job_id: str  # the model job
+    job_id: str  # the model job, or a registry ref: name@alias, name@vN
     epoch: float = -1.0  # the snapshot's epoch; -1: the latest
     images: list[bytes] | None = None  # encoded images, at most MAX_TOTAL_BYTES together
     image_list: str | None = None  # lines "path [label]", label a class index or name
@@ -96,6 +98,8 @@ class ClassifyManyReply(msgspec.Struct, kw_only=True):
     ok: bool = True
     job_id: str  # the model job
     epoch: float  # the snapshot's epoch that answered
+    ref: str | None = None  # the registry ref asked for (name@alias, name@vN), if one was
+    version: int | None = None  # the registered version that answered it
     count: int  # images classified
     skipped: int  # images that could not be read
     skip_reasons: list[str]  # the first MAX_SKIP_REASONS reasons
@@ -130,6 +134,8 @@ class TopNReply(msgspec.Struct, kw_only=True):
     ok: bool = True
     job_id: str  # the model job
     epoch: float  # the snapshot's epoch that answered
+    ref: str | None = None  # the registry ref asked for (name@alias, name@vN), if one was
+    version: int | None = None  # the registered version that answered it
     count: int  # images classified
     skipped: int  # images that could not be read
     skip_reasons: list[str]  # the first MAX_SKIP_REASONS reasons

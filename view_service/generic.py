@@ -40,7 +40,7 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 class InferGeneric(msgspec.Struct, kw_only=True):
     """Run a model on inputs and render them with a view extension."""
 
-    job_id: str  # the model job
+    job_id: str  # the model job, or a registry ref: name@alias, name@vN
     epoch: float = -1.0  # the snapshot's epoch; -1: the latest
     view_extension: str = ""  # a view id; empty: image-segmentation or all-outputs, by task
     view_config: dict[str, Any] = msgspec.field(default_factory=dict)  # the view's form fields
@@ -58,6 +58,8 @@ class InferGenericReply(msgspec.Struct, kw_only=True):
     ok: bool = True
     job_id: str  # the model job
     epoch: float  # the snapshot's epoch that answered
+    ref: str | None = None  # the registry ref asked for (name@alias, name@vN), if one was
+    version: int | None = None  # the registered version that answered it
     task: str  # classification, segmentation or regression
     view_extension: str  # the view that rendered the HTML
     input_ids: list[str]  # one per input

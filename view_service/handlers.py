@@ -13,6 +13,7 @@ from digits.inference import MAX_TOTAL_BYTES
 from digits.utils.image import ImageError
 from view_service import classify, generic
 from view_service.models import Deps, InferenceError
+from view_service.refs import Target, is_ref
 
 MAX_REQUEST_BYTES = MAX_TOTAL_BYTES + (1 << 20)  # the images plus the request's fields
 
@@ -43,8 +44,21 @@ async def respond(deps: Deps, msg: Msg) -> bytes:
         request = msgspec.msgpack.decode(msg.data, type=request_type)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         return error(f"malformed {request_type.__name__} request: {exc}")
+    ref = request.job_id if is_ref(request.job_id) else None
     try:
+        target = await _resolve(deps, ref) if ref else None
+        if target is not None:
+            request.job_id = target.job_id
         reply = await handler(deps, request)
     except (InferenceError, ImageError) as exc:
         return error(str(exc))
+    if target is not None:
+        reply.ref, reply.version = target.ref, target.version
     return msgspec.msgpack.encode(reply)
+
+
+async def _resolve(deps: Deps, ref: str) -> Target:
+    """The job a registry ref names now (the serving map's, for an alias)."""
+    if deps.refs is None:
+        raise InferenceError(f"{ref!r}: this view service does not read the model registry")
+    return await deps.refs.resolve(ref)

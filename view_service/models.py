@@ -544,3 +544,4 @@ class Deps:
     store: Store
     data_roots: Sequence[str] = ()  # where image_list and folder paths may point
     work_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir(), "digits-view"))
+    refs: Any = None  # a view_service.refs.Refs: resolves name@alias, name@vN (None: job ids)

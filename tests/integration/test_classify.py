@@ -149,7 +149,8 @@ async def test_classify_one_names_the_class_in_top_k_order(deps, world):
         assert len(confidences) == 3 and confidences == sorted(confidences, reverse=True)
         assert reply.predictions[0].index == LABELS.index(reply.predictions[0].label)
     wire = msgspec.msgpack.decode(msgspec.msgpack.encode(reply))
-    assert set(wire) == {"ok", "job_id", "epoch", "predictions"}
+    assert set(wire) == {"ok", "job_id", "epoch", "predictions", "ref", "version"}
+    assert wire["ref"] is None and wire["version"] is None  # asked by job id, not by a ref
     assert set(wire["predictions"][0]) == {"label", "index", "confidence"}
 
 

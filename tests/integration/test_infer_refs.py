@@ -1,0 +1,145 @@
+"""Inference by ``name@alias`` and ``name@vN`` on a real nats-server: the registry bucket
+watched by the view service's handlers, two trained models, an alias moved under load."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from functools import partial
+
+import msgspec
+import pytest
+
+from digits import bus, subjects
+from digits.jobs import Job
+from digits.registry import ModelVersion, RegisteredModel, Registry, move_alias
+from tests.integration.test_classify import DS, MODEL, World, deps, world  # noqa: F401 - fixtures
+from view_service.handlers import ROUTES, respond
+from view_service.models import Deps
+from view_service.refs import Refs
+
+pytestmark = pytest.mark.timeout(300)
+
+MODEL2 = "20260101-000002-m0de"  # the same network after one epoch only: another job
+
+
+@pytest.fixture
+async def served(nc, world: World, deps: Deps):  # noqa: F811 - the imported fixtures
+    """Two model jobs, a registered model "shapes" (v1, v2; production -> v1), the handlers
+    answering on the real bus with a registry watch; yields (registry, deps, warm log)."""
+    folder = world.store / "models" / MODEL2
+    if not folder.exists():
+        shutil.copytree(world.store / "models" / MODEL, folder)
+        (folder / "snapshots" / "epoch-2.keras").unlink()
+        info = json.loads((folder / "info.json").read_text())
+        info |= {"job_id": MODEL2, "snapshots": [1.0], "epochs": 1}
+        (folder / "info.json").write_text(json.dumps(info))
+    model2 = Job(id=MODEL2, type="model", name="lenet-1", depends_on=[DS])
+    model2 = msgspec.structs.replace(model2, form={"use_mean": "image"}, extra={"snapshots": [1]})
+    await deps.cache.jobs.create(model2)
+    kv = (await bus.ensure_kv(nc.jetstream()))[subjects.KV_REGISTRY]
+    reg = Registry(kv)  # read and written here directly, as the train service would
+    versions = [
+        ModelVersion(version=1, job_id=MODEL, state="done"),
+        ModelVersion(version=2, job_id=MODEL2, state="done"),
+    ]
+    await reg.create(
+        RegisteredModel(name="shapes", owner="alice", versions=versions, aliases={"production": 1})
+    )
+    warmed: list[tuple[str, float]] = []  # (job, when its load ended)
+
+    async def warm(job_id: str) -> object:
+        await asyncio.sleep(1.0)  # a slow load: requests must not wait on it
+        loaded = await deps.cache.get(job_id)
+        warmed.append((job_id, time.monotonic()))
+        return loaded
+
+    deps.refs = await Refs(Registry(kv), warm).start()
+
+    async def answer(msg) -> None:
+        await msg.respond(await respond(deps, msg))
+
+    subs = [await nc.subscribe(s, queue=subjects.QUEUE_VIEW, cb=answer) for s in ROUTES]
+    try:
+        yield reg, deps, warmed
+    finally:
+        for sub in subs:
+            await sub.unsubscribe()
+        await deps.refs.stop()
+        deps.batcher.close()
+
+
+async def ask(nc, job_id: str, shapes: World, subject: str = subjects.RPC_INFER_CLASSIFY) -> dict:
+    """One request for the first image; the decoded reply."""
+    payload = {"job_id": job_id, "image": shapes.files[0].read_bytes(), "top_k": 2}
+    if subject != subjects.RPC_INFER_CLASSIFY:
+        payload = {"job_id": job_id, "images": [payload["image"]]}
+    msg = await nc.request(subject, msgspec.msgpack.encode(payload), timeout=30)
+    return msgspec.msgpack.decode(msg.data)
+
+
+async def test_refs_name_an_alias_or_a_version_on_every_subject(nc, world: World, served):  # noqa: F811
+    by_alias = await ask(nc, "shapes@production", world)
+    assert by_alias["ok"], by_alias
+    assert (by_alias["job_id"], by_alias["version"]) == (MODEL, 1)
+    assert by_alias["ref"] == "shapes@production" and by_alias["epoch"] == 2.0
+    by_version = await ask(nc, "shapes@v2", world)
+    assert (by_version["job_id"], by_version["version"], by_version["epoch"]) == (MODEL2, 2, 1.0)
+    by_id = await ask(nc, MODEL, world)
+    assert by_id["job_id"] == MODEL and by_id["ref"] is None and by_id["version"] is None
+    assert by_id["predictions"] == by_alias["predictions"]
+    for subject in (subjects.RPC_INFER_MANY, subjects.RPC_INFER_TOPN, subjects.RPC_INFER_GENERIC):
+        reply = await ask(nc, "shapes@v2", world, subject)
+        assert reply["ok"], (subject, reply)
+        assert (reply["job_id"], reply["ref"], reply["version"]) == (MODEL2, "shapes@v2", 2)
+
+
+async def test_unknown_names_aliases_and_versions_are_error_replies(nc, world: World, served):  # noqa: F811
+    cases = {
+        "nosuch@production": "no registered model is called 'nosuch'",
+        "shapes@staging": "'shapes' has no alias 'staging' (aliases: production)",
+        "shapes@v9": "'shapes' has no version 9",
+        "bad name@production": "'bad name' is not valid",
+        "shapes@": "alias '' is not valid",
+    }
+    for ref, error in cases.items():
+        reply = await ask(nc, ref, world)
+        assert reply["ok"] is False and error in reply["error"], (ref, reply)
+    assert (await ask(nc, "shapes@production", world))["ok"]  # still serving
+
+
+async def test_an_alias_move_under_load_fails_no_request_and_switches(nc, world: World, served):  # noqa: F811
+    reg, view, warmed = served
+    replies: list[tuple[float, dict]] = []
+    stop = asyncio.Event()
+
+    async def client() -> None:
+        while not stop.is_set():
+            reply = await ask(nc, "shapes@production", world)
+            replies.append((time.monotonic(), reply))  # when it came back
+
+    clients = [asyncio.create_task(client()) for _ in range(3)]
+    await asyncio.sleep(0.5)
+    moved_at = time.monotonic()
+    await reg.update("shapes", partial(move_alias, alias="production", number=2, by="t",
+                                       reason="test", expected=1))  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not (replies and replies[-1][1].get("job_id") == MODEL2) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    stop.set()
+    await asyncio.gather(*clients)
+    failed = [r for _, r in replies if not r.get("ok")]
+    assert not failed, failed[:3]
+    jobs = [r["job_id"] for _, r in replies]
+    first_new = jobs.index(MODEL2)
+    assert set(jobs[:first_new]) == {MODEL} and set(jobs[first_new:]) == {MODEL2}
+    assert [j for j, _ in warmed] == [MODEL2] and view.refs.switches == 1
+    loaded_at = warmed[0][1]
+    # The old model answered while the new one loaded (a second at least), none after it.
+    assert any(moved_at + 0.5 < t < loaded_at for t, r in replies if r["job_id"] == MODEL)
+    assert all(t >= loaded_at for t, r in replies if r["job_id"] == MODEL2)
+    assert {r["version"] for _, r in replies[first_new:]} == {2}
+    assert view.cache.loads == 2  # each model loaded once: no request loaded MODEL2 cold
