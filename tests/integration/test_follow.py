@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 
+import msgpack
 import msgspec
 import numpy as np
 import pytest
@@ -159,6 +160,31 @@ def _args(event: events.DatasetUpdated) -> dict:
 # --- the whole loop with the real services ---------------------------------------------------
 
 
+class Requester:
+    """Classifies one image on ``shapes@production`` until stopped; each reply's job and outcome."""
+
+    def __init__(self, nc, image: bytes) -> None:
+        self.nc = nc
+        self.payload = msgpack.packb({"job_id": "shapes@production", "image": image, "top_k": 1})
+        self.replies: list[tuple[str, bool, str]] = []
+        self.stop = asyncio.Event()
+
+    async def run(self) -> None:
+        """Request until told to stop; a failure is recorded, never raised."""
+        while not self.stop.is_set():
+            try:
+                msg = await self.nc.request(subjects.RPC_INFER_CLASSIFY, self.payload, timeout=30)
+                reply = msgpack.unpackb(msg.data)
+                self.replies.append((reply.get("job_id", ""), bool(reply.get("ok")), str(reply)))
+            except Exception as exc:  # noqa: BLE001 - a failed request is what the test counts
+                self.replies.append(("", False, repr(exc)))
+            await asyncio.sleep(0.02)
+
+    def answered_by(self, job_id: str) -> bool:
+        """Whether a reply came from ``job_id``."""
+        return any(ok and job == job_id for job, ok, _ in self.replies)
+
+
 def shape_png(label: int, rng: np.random.Generator) -> bytes:
     """A 28x28 grey image: a bright square (label 1) or a dark one (label 0), with noise."""
     pixels = rng.normal(60, 20, (28, 28))
@@ -180,9 +206,10 @@ def batch(tag: str, per_class: int, rng, swap: bool = False) -> dict[str, bytes]
 async def test_a_follower_retrains_on_new_objects_and_only_a_better_version_is_promoted(
     nats_server, nc, stack, moto_url, unique
 ):
-    _, train = await asyncio.gather(
+    _, train, _ = await asyncio.gather(
         asyncio.to_thread(stack, "ingest_service", DIGITS_WATCH_INTERVAL_S="0.5"),
         asyncio.to_thread(stack, "train_service"),
+        asyncio.to_thread(stack, "view_service"),
     )
     rng = np.random.default_rng(3)
     bucket = f"f-{unique}"
@@ -214,6 +241,9 @@ async def test_a_follower_retrains_on_new_objects_and_only_a_better_version_is_p
     model = await wait_for(lambda: version_done(1), timeout=240, interval=0.5)
     assert model.version(1).state == "done", model.version(1).note
     assert model.aliases == {"production": 1}
+    # From now on a client classifies on shapes@production without pause.
+    client = Requester(nc, shape_png(1, rng))
+    requests = asyncio.get_running_loop().create_task(client.run())
 
     async def registered(number: int):
         model = await reg.get("shapes")
@@ -253,6 +283,15 @@ async def test_a_follower_retrains_on_new_objects_and_only_a_better_version_is_p
     assert model.aliases == {"production": 2}, model.version(2).note
     assert "beats v1's" in v2.note
     assert await reg.resolve("shapes@production") == v2.job_id
+    # The alias moved: replies come from v2, and no request failed before, during or after.
+    await wait_for(lambda: client.answered_by(v2.job_id), timeout=60, interval=0.1)
+    client.stop.set()
+    await requests
+    answered = {job for job, ok, _ in client.replies if ok}
+    failed = [error for _, ok, error in client.replies if not ok]
+    assert not failed, failed[:3]
+    assert answered == {model.version(1).job_id, v2.job_id}, answered
+    assert len(client.replies) >= 20
 
     # Mislabelled new data: version 3 trains, is worse, and the alias stays, saying why. More of
     # it arrives while v3 trains: it is held for the next version (v4), not lost, not in parallel.
