@@ -262,6 +262,18 @@ async def measure(nc: Any, endpoint: str, rng: np.random.Generator, per_class: i
     window = [r for r in client.replies if r[0] >= t_judged - 1.0 and r[0] <= first + 1.0]
     swap_ok = [lat for _, lat, _, ok, _ in window if ok]
     failed = [r for r in client.replies if r[0] >= t0 and not r[3]]
+
+    def p99_between(a: float, b: float) -> float | None:
+        found = [lat for t, lat, _, ok, _ in client.replies if ok and a <= t <= b]
+        return round(percentile(found, 99), 2) if found else None
+
+    # Where a slow reply comes from: the end of training (1 s before the promotion), the new
+    # holder's load (promotion to its first reply), or after.
+    parts = {
+        "training_end": p99_between(t_judged - 1.0, t_judged),
+        "loading": p99_between(t_judged, first),
+        "after": p99_between(first, first + 1.0),
+    }
     p99_before = percentile(before, 99) if before else float("nan")
     p99_swap = percentile(swap_ok, 99) if swap_ok else float("nan")
     for key, value in marks.items():
@@ -271,6 +283,7 @@ async def measure(nc: Any, endpoint: str, rng: np.random.Generator, per_class: i
         f"  requests around the swap: {len(window)}, failed after the batch: {len(failed)}, "
         f"p99 {p99_swap:.1f} ms vs {p99_before:.1f} ms before"
     )
+    say(f"  p99 by part of the swap window (ms): {parts}")
     return {
         "bench": "pipeline",
         "stages_s": marks,
@@ -286,6 +299,7 @@ async def measure(nc: Any, endpoint: str, rng: np.random.Generator, per_class: i
         "failed_examples": [r[4] for r in failed[:3]],
         "p99_before_ms": round(p99_before, 2),
         "p99_swap_ms": round(p99_swap, 2),
+        "p99_swap_parts_ms": parts,
         "p99_ratio": round(p99_swap / p99_before, 3) if before and swap_ok else None,
         "goal_p99_ratio": GOAL_P99_RATIO,
         "images_per_batch": 2 * per_class,
