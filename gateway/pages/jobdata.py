@@ -29,9 +29,11 @@ from digits.jobs import (
     Job,
     JobNotFound,
 )
+from digits.registry import is_ref
 from digits.store import StoreError, open_store
 from gateway import ownership
 from gateway.context import bus_client, job_store, pending
+from gateway.inference import resolve_ref
 from gateway.jobcache import JobSummary, Listing
 from gateway.pages.common import fragments
 
@@ -88,6 +90,18 @@ def find_model(job_id: str) -> tuple[Job | None, bool]:
         )
         return job, True
     return (job, False) if job.type == "model" else (None, False)
+
+
+def model_or_ref_404(job_id: str) -> tuple[Job, str]:
+    """The model job a URL names (a job id or ``name@alias``/``name@vN``) and what to ask for.
+
+    A ref is asked for as it is, so that the view service follows the alias; the job it names
+    now is checked (a 404 names what is unknown, a 403 another user's model).
+    """
+    if is_ref(job_id):
+        return model_or_404(resolve_ref(job_id)), job_id
+    job = model_or_404(job_id)
+    return job, job.id
 
 
 def model_or_404(job_id: str, use: str | None = "run") -> Job:

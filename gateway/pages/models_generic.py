@@ -29,7 +29,7 @@ from gateway.pages.generic_forms import (
     dataset_of,
     task_of,
 )
-from gateway.pages.jobdata import model_or_404
+from gateway.pages.jobdata import model_or_404, model_or_ref_404
 from gateway.runtime import is_htmx
 
 bp = Blueprint("models_generic", __name__)
@@ -132,11 +132,11 @@ def _payload(job: Job, plugin: bool) -> dict[str, Any]:
 @page_login_required
 def infer(job_id: str) -> ResponseReturnValue:
     """Run the model on the form's input (or its validation set); the view's HTML as a partial."""
-    job = model_or_404(job_id)
+    job, asked = model_or_ref_404(job_id)
     dataset = dataset_of(job)
     try:
         plugin = dataset is not None and request.form.get("plugin_form") == "1"
-        payload = _payload(job, plugin)
+        payload = {**_payload(job, plugin), "job_id": asked}  # a ref: the view follows it
         reply = ask_or_fail(subjects.RPC_INFER_GENERIC, payload, TIMEOUT_S)
     except InferError as exc:
         return infer_failed(job, RESULT, exc)

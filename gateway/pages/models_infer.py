@@ -15,10 +15,8 @@ from werkzeug.datastructures import FileStorage
 
 from digits import subjects
 from digits.inference import MAX_IMAGE_BYTES, MAX_TOTAL_BYTES
-from digits.jobs import Job
-from digits.registry import is_ref
 from gateway.auth import page_login_required
-from gateway.inference import MANY_TIMEOUT_S, ONE_TIMEOUT_S, resolve_ref
+from gateway.inference import MANY_TIMEOUT_S, ONE_TIMEOUT_S
 from gateway.pages.common import (
     InferError,
     ask_or_fail,
@@ -26,19 +24,11 @@ from gateway.pages.common import (
     infer_failed,
     infer_result,
 )
-from gateway.pages.jobdata import model_or_404
+from gateway.pages.jobdata import model_or_ref_404
 
 bp = Blueprint("models_infer", __name__)
 THUMB_BYTES = 256 << 10  # uploaded images up to this size are shown back inline
 MAX_SHOWN = 1000
-
-
-def _model(job_id: str) -> tuple[Job, str]:
-    """The model job a URL names and what to ask for: its id, or the registry ref as given."""
-    if is_ref(job_id):
-        return model_or_404(resolve_ref(job_id)), job_id  # the view service follows the alias
-    job = model_or_404(job_id)
-    return job, job.id
 
 
 def _count(name: str, default: int, lo: int, hi: int) -> int:
@@ -101,7 +91,7 @@ def _source(payload: dict[str, Any]) -> list[str | None]:
 @page_login_required
 def classify_one(job_id: str) -> ResponseReturnValue:
     """Classify one uploaded image: the top-5 table with confidence bars."""
-    job, asked = _model(job_id)
+    job, asked = model_or_ref_404(job_id)
     partial = "models/_classify_one.html"
     try:
         upload = request.files.get("image_file")
@@ -128,7 +118,7 @@ def classify_one(job_id: str) -> ResponseReturnValue:
 @page_login_required
 def classify_many(job_id: str) -> ResponseReturnValue:
     """Classify a list of images: a results table, accuracy and confusion matrix with labels."""
-    job, asked = _model(job_id)
+    job, asked = model_or_ref_404(job_id)
     partial = "models/_classify_many.html"
     try:
         shown = _count("num_test_images", 100, 1, MAX_SHOWN)
@@ -156,7 +146,7 @@ def classify_many(job_id: str) -> ResponseReturnValue:
 @page_login_required
 def top_n(job_id: str) -> ResponseReturnValue:
     """The N images each class is most confident about."""
-    job, asked = _model(job_id)
+    job, asked = model_or_ref_404(job_id)
     partial = "models/_top_n.html"
     try:
         n = _count("top_n", 9, 1, 128)

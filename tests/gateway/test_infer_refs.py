@@ -110,3 +110,45 @@ def test_the_classify_page_refuses_another_owners_ref_and_an_unknown_one(client,
         "/models/nosuch@production/classify_one", {"image_file": _image()}, htmx=True
     )
     assert missing.status_code == 404 and "nosuch" in missing.get_data(as_text=True)
+
+
+@pytest.fixture
+def generic_asked(bus_client, registered):
+    """A recording responder standing in for the view service on the generic subject."""
+    model, _ = registered
+    asked: list[dict] = []
+
+    async def answer(msg) -> None:
+        request = msgspec.msgpack.decode(msg.data)
+        asked.append(request)
+        reply = {"ok": True, "job_id": model.id, "epoch": 1.0, "task": "regression"}
+        reply |= {"outputs": [{"y": [0.5]}], "input_ids": ["x.png"], "views_html": ["<p>ok</p>"]}
+        await msg.respond(msgspec.msgpack.encode(reply))
+
+    sub = bus_client.call(bus_client.nc.subscribe(subjects.RPC_INFER_GENERIC, cb=answer))
+    yield model, asked
+    bus_client.call(sub.unsubscribe())
+
+
+def test_the_generic_routes_take_a_ref_and_pass_it_on(client, generic_asked):
+    model, asked = generic_asked
+    answered = client.post(
+        "/models/images/generic/infer_one.json",
+        data={"job_id": "shapes@v1", "image_file": _image()},
+        headers=ALICE,
+    )
+    assert answered.status_code == 200, answered.get_json()
+    assert answered.get_json()["job_id"] == model.id and asked[-1]["job_id"] == "shapes@v1"
+    refused = client.post(
+        "/models/images/generic/infer_one.json",
+        data={"job_id": "shapes@production", "image_file": _image()},
+        headers=BOB,
+    )
+    assert refused.status_code == 403 and "shapes" in refused.get_data(as_text=True)
+    alice = Browser(client)
+    alice.login("alice", "pw-alice-1")
+    page = alice.post(
+        "/models/shapes@production/infer_generic", {"image_file": _image()}, htmx=True
+    )
+    assert page.status_code == 200, page.get_data(as_text=True)[-500:]
+    assert asked[-1]["job_id"] == "shapes@production" and len(asked) == 2
