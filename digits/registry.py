@@ -127,6 +127,21 @@ class RegisteredModel(msgspec.Struct, frozen=True, kw_only=True):
                 return v
         raise RegistryError(f"{self.name!r} has no version {number} (it has {self.latest()})")
 
+    def named(self, alias: str | None, number: int | None) -> ModelVersion:
+        """The version an alias (or a number) names; RegistryError says what is missing."""
+        if alias is not None:
+            if alias not in self.aliases:
+                have = ", ".join(sorted(self.aliases)) or "none"
+                raise RegistryError(f"{self.name!r} has no alias {alias!r} (aliases: {have})")
+            number = self.aliases[alias]
+        assert number is not None
+        return self.version(number)
+
+    def owned_by(self, owner: str) -> None:
+        """RegistryError unless ``owner`` owns this registered model."""
+        if self.owner != owner:
+            raise RegistryError(f"{self.name!r} belongs to {self.owner!r}, not to {owner!r}")
+
     def latest(self) -> int:
         """The highest version number (0 when there is none)."""
         return max((v.version for v in self.versions), default=0)
@@ -234,13 +249,7 @@ class Registry:
             raise RegistryError(f"{ref!r} is not a registry reference (name@alias or name@vN)")
         name, alias, number = parsed
         model = await self.get(name)
-        if alias is not None:
-            if alias not in model.aliases:
-                have = ", ".join(sorted(model.aliases)) or "none"
-                raise RegistryError(f"{name!r} has no alias {alias!r} (aliases: {have})")
-            number = model.aliases[alias]
-        assert number is not None
-        return model, model.version(number)
+        return model, model.named(alias, number)
 
     async def resolve(self, ref: str) -> str:
         """The job id ``ref`` names: a job id as it is, ``name@alias``/``name@vN`` looked up."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from typing import Any
@@ -101,11 +100,7 @@ class RegistryWorker:
         rule = {k: fields[k] for k in ("alias", "metric")} | {"margin": fields["promote_margin"]}
         follow = None
         if fields["mode"] and not lineage:  # a follower's own versions do not follow again
-            dataset_version, samples = 0, 0
-            with contextlib.suppress(JobNotFound):
-                dataset = await self.jobs.get(job.depends_on[0])
-                dataset_version = int(dataset.extra.get("finalized") or 1)
-                samples = follow_.total(dataset.extra.get("counts") or {})
+            dataset_version, samples = await self.dataset_state(job)
             follow = registry.Follow(
                 dataset_id=job.depends_on[0],
                 mode=fields["mode"],
@@ -174,7 +169,7 @@ class RegistryWorker:
             description=cmd.description,
             rule=rule_from(cmd.rule),
             follow=follow,
-            versions=[version_of(job, 1, dataset_version=await self.dataset_version(job))],
+            versions=[version_of(job, 1, dataset_version=(await self.dataset_state(job))[0])],
             changes=[Change(kind="registered", version=1, by=cmd.owner, command_id=cmd.event_id)],
         )
         try:
@@ -183,11 +178,10 @@ class RegistryWorker:
             return await self._add(cmd, job)  # created meanwhile: a version of it, if ours
 
     async def _add(self, cmd: events.RegistryRegister, job: Job, **lineage: Any) -> RegisteredModel:
-        dataset_version = await self.dataset_version(job)
+        dataset_version, _ = await self.dataset_state(job)
 
         def add(m: RegisteredModel) -> RegisteredModel | None:
-            if m.owner != cmd.owner:
-                raise RegistryError(f"{m.name!r} belongs to {m.owner!r}, not to {cmd.owner!r}")
+            m.owned_by(cmd.owner)
             if m.by_job(job.id) is not None:
                 return None
             number = m.latest() + 1
@@ -200,13 +194,14 @@ class RegistryWorker:
 
         return await self.registry.update(cmd.name, add)
 
-    async def dataset_version(self, job: Job) -> int:
-        """The version of the dataset a model job trains on (0 if it cannot be read)."""
+    async def dataset_state(self, job: Job) -> tuple[int, int]:
+        """The version and sample count of the dataset a model job trains on (0, 0: unreadable)."""
         try:
             dataset = await self.jobs.get(job.depends_on[0])
         except (JobNotFound, IndexError):
-            return 0
-        return int(dataset.extra.get("finalized") or dataset.extra.get("version") or 1)
+            return 0, 0
+        version = int(dataset.extra.get("finalized") or dataset.extra.get("version") or 1)
+        return version, follow_.total(dataset.extra.get("counts") or {})
 
     async def promote(self, cmd: events.RegistryPromote) -> RegisteredModel:
         """Move an alias by hand; of two racing promotions exactly one wins."""
@@ -215,8 +210,7 @@ class RegistryWorker:
         seen: dict[str, int] = {}
 
         def move(m: RegisteredModel) -> RegisteredModel | None:
-            if m.owner != cmd.owner:
-                raise RegistryError(f"{m.name!r} belongs to {m.owner!r}, not to {cmd.owner!r}")
+            m.owned_by(cmd.owner)
             if any(c.command_id == cmd.event_id for c in m.changes):
                 return None  # redelivered: carried out already
             # Without an expectation, the holder first read counts: a racer that moved the
@@ -240,8 +234,7 @@ class RegistryWorker:
         registry.check_name(cmd.name)
 
         def change(m: RegisteredModel) -> RegisteredModel | None:
-            if m.owner != cmd.owner:
-                raise RegistryError(f"{m.name!r} belongs to {m.owner!r}, not to {cmd.owner!r}")
+            m.owned_by(cmd.owner)
             follow = m.follow
             if cmd.follow is not None:
                 if follow is None:

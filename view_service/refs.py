@@ -176,14 +176,8 @@ def _target(model: RegisteredModel, ref: str) -> Target:
     parsed = parse_ref(ref)
     assert parsed is not None
     _name, alias, number = parsed
-    if alias is not None:
-        if alias not in model.aliases:
-            have = ", ".join(sorted(model.aliases)) or "none"
-            raise InferenceError(f"{model.name!r} has no alias {alias!r} (aliases: {have})")
-        number = model.aliases[alias]
-    assert number is not None
     try:
-        version = model.version(number)
+        version = model.named(alias, number)
     except RegistryError as exc:
         raise InferenceError(str(exc)) from None
     return Target(version.job_id, version.version, ref)
