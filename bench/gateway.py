@@ -223,7 +223,7 @@ def _tick(bus_client: Any, job_id: str, stop: threading.Event) -> None:
 
 def run(clients: int, count: int, many: int, seconds: float) -> dict[str, Any]:
     """Measure the baseline and the pages with ``count`` jobs, then with ``many`` jobs."""
-    from gateway.app import create_app, make_server
+    from gateway.app import create_app, make_server, stop_server
     from gateway.context import bus_of
 
     result: dict[str, Any] = {}
@@ -256,7 +256,8 @@ def run(clients: int, count: int, many: int, seconds: float) -> dict[str, Any]:
             say(f"job cache at {many} jobs: {result['job_cache_memory']}")
         ticking.set()
         ticker.join(10)
-        http.close()
+        stop_server(http)
+        thread.join(10)
         bus_client.close()
     if many > count:
         small, large = result[f"jobs_{count}"], result[f"jobs_{many}"]

@@ -11,7 +11,7 @@ import time
 
 from digits.config import Settings
 from digits.service import configure
-from gateway.app import create_app, make_server
+from gateway.app import create_app, make_server, stop_server
 from gateway.context import bus_of
 
 
@@ -27,7 +27,7 @@ def main() -> int:
     bus_client = bus_of(app)
 
     def stop(signum: int, frame: object) -> None:
-        threading.Thread(target=server.close, daemon=True).start()
+        threading.Thread(target=stop_server, args=(server,), daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -126,3 +126,17 @@ def make_server(app: Flask, host: str, port: int) -> Any:
     return create_server(
         app, host=host, port=port, threads=PAGE_THREADS + streams, channel_request_lookahead=1
     )
+
+
+def stop_server(server: Any, timeout: float = 5.0) -> None:
+    """Stop a ``make_server`` server from any thread other than its loop's; its loop then ends.
+
+    Everything the loop watches (the listening socket, the trigger, every open connection, event
+    streams included) is closed in the loop's own thread, between two polls: closed from another
+    thread, a socket races the loop's ``select`` (EBADF), and closing only the listening socket
+    leaves the loop serving the connections still open. The request threads are then let go.
+    """
+    from waitress import wasyncore
+
+    server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+    server.task_dispatcher.shutdown(timeout=timeout)

@@ -22,7 +22,7 @@ import pytest
 
 from digits import bus, events, jobs
 from digits.natsserver import free_port
-from gateway.app import make_server
+from gateway.app import make_server, stop_server
 from gateway.context import bus_of
 from gateway.pages.events import streams
 from tests.gateway.conftest import ADMIN_PASSWORD, add_job, csrf_of, make_app
@@ -47,8 +47,10 @@ def served(nats_server, tmp_path, monkeypatch) -> Iterator[tuple[Any, str, str]]
     try:
         yield app, base, "; ".join(f"{c.name}={c.value}" for c in jar)
     finally:
-        server.close()
+        stop_server(server)
+        thread.join(timeout=10)
         bus_of(app).close()
+    assert not thread.is_alive(), "the server's loop did not end"
 
 
 def open_stream(base: str, cookie: str, query: str = "") -> http.client.HTTPResponse:
