@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import Awaitable, Callable, Iterator
 
 import msgspec
 from nats.js.kv import KeyValue
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 WARM_ATTEMPTS = 3  # loads of a new holder tried before the map switches to it regardless
 WARM_RETRY_S = 1.0
+SWAP_SWITCH_S = 0.0005  # the GIL switch interval while a new holder loads in the background
 
 Warm = Callable[[str], Awaitable[object]]  # loads (and keeps) a job's latest snapshot
 
@@ -150,7 +152,8 @@ class Refs:
         """Load the new holder, then switch the map to it (the old one serves until then)."""
         for attempt in range(1, WARM_ATTEMPTS + 1):
             try:
-                await self.warm(target.job_id)
+                with responsive():
+                    await self.warm(target.job_id)
                 break
             except Exception as exc:  # noqa: BLE001 - logged; the map switches in the end
                 log.warning(
@@ -169,6 +172,31 @@ class Refs:
             self.serving[ref] = target
             self.switches += 1
             log.info("%s now served by %s (v%d)", ref, target.job_id, target.version)
+
+
+@contextlib.contextmanager
+def responsive() -> Iterator[None]:
+    """While a background load runs, hand the GIL over more often (every SWAP_SWITCH_S).
+
+    Loading and tracing a Keras model is Python work that holds the GIL; a request's threads
+    waiting for it would wait up to the default 5 ms switch interval at every hand-over. The
+    interval is the process's, so it is lowered only while at least one such load runs.
+    """
+    global _responsive
+    if _responsive == 0:
+        _saved[0] = sys.getswitchinterval()
+        sys.setswitchinterval(SWAP_SWITCH_S)
+    _responsive += 1
+    try:
+        yield
+    finally:
+        _responsive -= 1
+        if _responsive == 0:
+            sys.setswitchinterval(_saved[0])
+
+
+_responsive = 0  # background loads running now (all on the event loop's thread)
+_saved = [0.005]  # the switch interval to restore
 
 
 def _target(model: RegisteredModel, ref: str) -> Target:
