@@ -114,9 +114,14 @@ def summary_json(model: RegisteredModel) -> dict[str, Any]:
     }
 
 
-def followers(dataset_id: str) -> list[RegisteredModel]:
-    """The registered models that follow dataset ``dataset_id``."""
-    return [m for m in list_models() if m.follow and m.follow.dataset_id == dataset_id]
+def trained_on(dataset_id: str) -> list[RegisteredModel]:
+    """The registered models that follow dataset ``dataset_id`` or have a version trained on it."""
+    return [
+        m
+        for m in list_models()
+        if (m.follow and m.follow.dataset_id == dataset_id)
+        or any(v.dataset_id == dataset_id for v in m.versions)
+    ]
 
 
 def _require_change(model: RegisteredModel) -> None:

@@ -22,6 +22,7 @@ from ingest_service.layout import dataset_key, shard_name, stage_title
 log = logging.getLogger(__name__)
 
 MEAN_SUMS = "mean-sums.npz"  # the train set's pixel sums and count, so versions can add to them
+VERSIONS_KEPT = 100  # the dataset versions a job record lists (the newest); older ones drop off
 
 
 def merge_chunks(results: list[ChunkResult]) -> dict[str, Any]:
@@ -184,8 +185,17 @@ async def finalize(
 
     counts = {s: info.count for s, info in stages.items()}
 
+    entry = {"version": work.version, "at": time.time(), "added": added, "counts": counts}
+
     def done(j: Job) -> Job:
-        extra = {**j.extra, "manifest_url": url, "finalized": work.version, "counts": counts}
+        versions = [v for v in j.extra.get("versions") or [] if v.get("version", 0) < work.version]
+        extra = {
+            **j.extra,
+            "manifest_url": url,
+            "finalized": work.version,
+            "counts": counts,
+            "versions": [*versions, entry][-VERSIONS_KEPT:],
+        }
         return msgspec.structs.replace(j, extra=extra)
 
     await job_store.update(job.id, done)

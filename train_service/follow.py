@@ -171,7 +171,12 @@ class Follower:
         parent = _parent(model)
         if parent is None:
             return
-        parent_job = await self.jobs.get(parent.job_id)
+        try:
+            parent_job = await self.jobs.get(parent.job_id)
+        except JobNotFound:
+            why = f"v{parent.version}'s job {parent.job_id} was deleted: nothing to start from"
+            await self._stop_claim(model.name, child, why)
+            return
         form = {k: v for k, v in parent_job.form.items() if k not in (*FORM_KEYS, LINEAGE_KEY)}
         snapshot = None
         if f.mode == "finetune":
@@ -197,6 +202,18 @@ class Follower:
             job_id=child,
         )
         await bus.publish_event(self.js, cmd)
+
+    async def _stop_claim(self, name: str, child: str, why: str) -> None:
+        """Stop follower ``name``, saying why, and let go of its claimed ``child``."""
+
+        def stop(m: RegisteredModel) -> RegisteredModel | None:
+            f = m.follow
+            if f is None or f.training != child:
+                return None
+            return _follow(m, msgspec.structs.replace(f, training="", stopped=why), "stopped", why)
+
+        await self.registry.update(name, stop)
+        log.warning("follower %s stopped: %s", name, why)
 
     async def ended(self, job: Job) -> None:
         """A model job ended: if it was a follower's version in training, free the follower."""

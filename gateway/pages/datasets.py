@@ -248,12 +248,35 @@ def _dataset(job_id: str) -> Job:
     return job
 
 
-def _followers(job_id: str) -> list[Any]:
-    """The registered models that follow this dataset (none while the registry is unreadable)."""
+def _registered(job_id: str) -> list[Any]:
+    """The registered models that follow this dataset or were trained on it (none while the
+    registry is unreadable)."""
     try:
-        return registry_ops.followers(job_id)
+        return registry_ops.trained_on(job_id)
     except (registry_ops.Refused, TimeoutError):
         return []
+
+
+def versions_of(job: Job, models: list[Any]) -> list[dict[str, Any]]:
+    """The dataset's versions, newest first: when each was finalized, what it added, its counts,
+    and the registered model versions trained on it (``name vN`` with their aliases)."""
+    listed = list(job.extra.get("versions") or [])
+    finalized = int(job.extra.get("finalized") or 0)
+    if not listed and finalized:  # a record from before versions were listed: the current one
+        listed = [{"version": finalized, "counts": job.extra.get("counts") or {}}]
+    trained: dict[int, list[dict[str, Any]]] = {}
+    for model in models:
+        for v in model.versions:
+            if v.dataset_id == job.id:
+                shown = {"name": model.name, "version": v.version}
+                trained.setdefault(v.dataset_version, []).append(
+                    {**shown, "aliases": model.aliases_of(v.version), "state": v.state}
+                )
+    rows = [{**v, "models": trained.get(int(v.get("version", 0)), [])} for v in listed]
+    current = int(job.extra.get("version") or 1)
+    if current > finalized:  # being ingested now
+        rows.append({"version": current, "building": True, "models": trained.get(current, [])})
+    return sorted(rows, key=lambda r: -int(r.get("version", 0)))
 
 
 @bp.get("/datasets/<job_id>")
@@ -263,7 +286,9 @@ def show(job_id: str) -> ResponseReturnValue:
     job = _dataset(job_id)
     context = _status_context(job)
     context["models"] = dependents(job.id)
-    context["followers"] = _followers(job.id)
+    registered = _registered(job.id)
+    context["followers"] = [m for m in registered if m.follow and m.follow.dataset_id == job.id]
+    context["versions"] = versions_of(job, registered)
     context["form"] = {k: v for k, v in df.shown_values(job.form).items() if k not in df.UPLOADS}
     live = None if context["finished"] else f"/events?job={job.id}"
     return page("datasets/show.html", "datasets/_status.html", live_url=live, **context)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from digits import jobs, subjects
@@ -291,11 +293,25 @@ def test_the_dataset_page_shows_its_versions_and_followers(browser, bus_client):
         name="grows",
         owner="admin",
         status=jobs.DONE,
-        extra={"version": 3, "finalized": 2, "counts": {"train": 120, "val": 30}},
+        extra={
+            "version": 3,
+            "finalized": 2,
+            "counts": {"train": 120, "val": 30},
+            "versions": [
+                {"version": 1, "at": 1e9, "added": {"train": 80}, "counts": {"train": 80}},
+                {"version": 2, "at": 2e9, "added": {"train": 40}, "counts": {"train": 120}},
+            ],
+        },
     )
     seed(bus_client, "follower", "admin", dataset.id, [jobs.new_job_id(), jobs.new_job_id()])
     page = browser.get(f"/datasets/{dataset.id}").get_data(as_text=True)
-    assert "v3" in page and "v2" in page and "<dd>120</dd>" in page
+    rows = re.findall(r'<tr id="dataset-version-(\d+)">(.*?)</tr>', page, re.S)
+    assert [n for n, _ in rows] == ["3", "2", "1"]  # newest first, the one being built on top
+    cells = {n: re.findall(r"<td>(.*?)</td>", row, re.S) for n, row in rows}
+    assert "being ingested" in cells["3"][1]
+    assert cells["2"][2] == "train +40" and cells["2"][3] == "train 120"
+    assert cells["1"][3] == "train 80" and "2033-05-18" in cells["2"][1]  # when v2 was finalized
+    assert "follower v1</a> (production)" in cells["1"][4] and "follower v2</a>" in cells["2"][4]
     assert "/registry/follower" in page and "the dataset was deleted" in page
     shown = browser.get("/registry/follower").get_data(as_text=True)
     assert "note of v2" in shown and "stopped: the dataset was deleted" in shown

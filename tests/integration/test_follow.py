@@ -153,6 +153,25 @@ async def test_a_follower_whose_dataset_is_deleted_stops_saying_why(nc):
         await sub.unsubscribe()
 
 
+async def test_a_follower_whose_parent_job_is_deleted_stops_saying_why(nc):
+    reg, follower, v1, dataset, (published, (task, sub)) = await follower_of(nc)
+    try:
+        store, _, _ = await setup(nc)
+        await store.kv.delete(v1.id)  # v1 (production) deleted by hand while it is followed
+        update = await grow(nc, dataset, 2, 60)
+        await follower.consider("shapes", **_args(update))
+        why = f"v1's job {v1.id} was deleted: nothing to start from"
+        model = await reg.get("shapes")
+        assert model.follow.stopped == why and not model.follow.training
+        assert model.changes[-1].kind == "stopped" and model.changes[-1].reason == why
+        await follower.sweep()  # no retry of the claim, nothing published
+        await follower.consider("shapes", version=3, samples=999)
+        assert not published and (await reg.get("shapes")).follow.stopped == why
+    finally:
+        task.cancel()
+        await sub.unsubscribe()
+
+
 def _args(event: events.DatasetUpdated) -> dict:
     return {"version": event.version, "samples": sum(event.counts.values())}
 

@@ -161,7 +161,13 @@ async def test_a_watched_prefix_grows_by_notifications_and_duplicates_do_not(
     await js.publish(s3_subject, aws_notification(bucket, two))
     await asyncio.sleep(2)
     store = await job_store(nc)
-    assert (await store.get(job.id)).extra["version"] == 2
+    record = await store.get(job.id)
+    assert record.extra["version"] == 2
+    # The record lists each finalized version: what it added and the counts then.
+    listed = record.extra["versions"]
+    assert [v["version"] for v in listed] == [1, 2]
+    assert listed[1]["added"] == fact.added and listed[1]["counts"] == fact.counts
+    assert sum(listed[0]["counts"].values()) == 16 and listed[0]["at"] <= listed[1]["at"]
 
     async def dead_lettered() -> bool:
         info = await js.stream_info(subjects.STREAM_DLQ)
