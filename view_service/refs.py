@@ -182,9 +182,9 @@ def responsive() -> Iterator[None]:
     waiting for it would wait up to the default 5 ms switch interval at every hand-over. The
     interval is the process's, so it is lowered only while at least one such load runs.
     """
-    global _responsive
+    global _responsive, _saved
     if _responsive == 0:
-        _saved[0] = sys.getswitchinterval()
+        _saved = sys.getswitchinterval()
         sys.setswitchinterval(SWAP_SWITCH_S)
     _responsive += 1
     try:
@@ -192,11 +192,11 @@ def responsive() -> Iterator[None]:
     finally:
         _responsive -= 1
         if _responsive == 0:
-            sys.setswitchinterval(_saved[0])
+            sys.setswitchinterval(_saved)
 
 
 _responsive = 0  # background loads running now (all on the event loop's thread)
-_saved = [0.005]  # the switch interval to restore
+_saved = 0.005  # the switch interval to restore
 
 
 def _target(model: RegisteredModel, ref: str) -> Target:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+from collections.abc import AsyncIterator
 
 import msgpack
 import msgspec
@@ -24,7 +26,8 @@ from train_service.follow import Follower
 pytestmark = pytest.mark.timeout(600)
 
 
-async def follower_of(nc, **follow) -> tuple[Registry, Follower, Job, Job, list]:
+@contextlib.asynccontextmanager
+async def follower_of(nc, **follow) -> AsyncIterator[tuple[Registry, Follower, Job, Job, list]]:
     """A registered model (v1 done) that follows a Done dataset; what model.create it publishes."""
     store, reg, worker = await setup(nc)
     v1 = await model_job(store)
@@ -51,11 +54,14 @@ async def follower_of(nc, **follow) -> tuple[Registry, Follower, Job, Job, list]
             published.append(events.decode(msg.data, events.ModelCreate))
 
     task = asyncio.get_running_loop().create_task(collect())
-    published_task = (task, sub)
     follower = Follower(js, store, reg)
-    # v1 was done at registration: the follower is free (nothing training).
-    await follower.ended(await store.get(v1.id))
-    return reg, follower, v1, await store.get(dataset_id), [published, published_task]
+    try:
+        # v1 was done at registration: the follower is free (nothing training).
+        await follower.ended(await store.get(v1.id))
+        yield reg, follower, v1, await store.get(dataset_id), published
+    finally:
+        task.cancel()
+        await sub.unsubscribe()
 
 
 async def grow(nc, dataset: Job, version: int, samples: int) -> events.DatasetUpdated:
@@ -70,8 +76,7 @@ async def grow(nc, dataset: Job, version: int, samples: int) -> events.DatasetUp
 
 
 async def test_updates_start_versions_within_bounds_and_coalesce_while_one_trains(nc):
-    reg, follower, v1, dataset, (published, (task, sub)) = await follower_of(nc)
-    try:
+    async with follower_of(nc) as (reg, follower, v1, dataset, published):
         model = await follower.consider("shapes", **_args(await grow(nc, dataset, 2, 42)))
         assert model.follow.training == "" and model.follow.pending == 2
         assert "has 2 new samples, fewer than 5" in model.changes[-1].reason
@@ -115,30 +120,21 @@ async def test_updates_start_versions_within_bounds_and_coalesce_while_one_train
         # A redelivered update of a version already trained changes nothing.
         again = await follower.consider("shapes", **_args(await grow(nc, dataset, 5, 70)))
         assert again.follow == model.follow and len(published) == 2
-    finally:
-        task.cancel()
-        await sub.unsubscribe()
 
 
 async def test_the_minimum_interval_holds_a_version_back_and_the_sweep_starts_it(nc):
-    reg, follower, v1, dataset, (published, (task, sub)) = await follower_of(
-        nc, follow_min_interval_s=1.5
-    )
-    try:
+    held_back = follower_of(nc, follow_min_interval_s=1.5)
+    async with held_back as (reg, follower, v1, dataset, published):
         model = await follower.consider("shapes", **_args(await grow(nc, dataset, 2, 60)))
         assert model.follow.pending == 2 and "may start in" in model.changes[-1].reason
         await asyncio.sleep(1.6)
         await follower.sweep()
         assert (await reg.get("shapes")).follow.training
         await wait_for(lambda: published, timeout=5)
-    finally:
-        task.cancel()
-        await sub.unsubscribe()
 
 
 async def test_a_follower_whose_dataset_is_deleted_stops_saying_why(nc):
-    reg, follower, v1, dataset, (published, (task, sub)) = await follower_of(nc)
-    try:
+    async with follower_of(nc) as (reg, follower, v1, dataset, published):
         store, _, _ = await setup(nc)
         await store.kv.delete(dataset.id)  # gone (its models were deleted first, or by hand)
         await follower.sweep()
@@ -148,14 +144,10 @@ async def test_a_follower_whose_dataset_is_deleted_stops_saying_why(nc):
         # Once stopped, updates start nothing.
         await follower.consider("shapes", version=9, samples=999)
         assert not published and not (await reg.get("shapes")).follow.training
-    finally:
-        task.cancel()
-        await sub.unsubscribe()
 
 
 async def test_a_follower_whose_parent_job_is_deleted_stops_saying_why(nc):
-    reg, follower, v1, dataset, (published, (task, sub)) = await follower_of(nc)
-    try:
+    async with follower_of(nc) as (reg, follower, v1, dataset, published):
         store, _, _ = await setup(nc)
         await store.kv.delete(v1.id)  # v1 (production) deleted by hand while it is followed
         update = await grow(nc, dataset, 2, 60)
@@ -167,9 +159,6 @@ async def test_a_follower_whose_parent_job_is_deleted_stops_saying_why(nc):
         await follower.sweep()  # no retry of the claim, nothing published
         await follower.consider("shapes", version=3, samples=999)
         assert not published and (await reg.get("shapes")).follow.stopped == why
-    finally:
-        task.cancel()
-        await sub.unsubscribe()
 
 
 def _args(event: events.DatasetUpdated) -> dict:
