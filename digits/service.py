@@ -21,6 +21,7 @@ import nats.errors
 from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
@@ -125,12 +126,13 @@ class ServiceRuntime:
         *,
         waiting: int | None = None,
         bound: str = "",
-    ) -> None:
+    ) -> Membership:
         """Answer core-NATS requests on ``subject`` in queue group ``queue``, several at once.
 
         Up to ``concurrency`` requests run at once and ``waiting`` more wait their turn (None:
         no bound); beyond that a request gets an immediate ``busy`` error reply, which names
-        ``bound`` (the setting of the limit), so memory stays bounded under any flood.
+        ``bound`` (the setting of the limit), so memory stays bounded under any flood. The
+        returned membership can leave the queue group for a while and join it again.
         """
         assert self.nc is not None, "start() first"
         labels = (self.name, subject)
@@ -196,9 +198,11 @@ class ServiceRuntime:
                         too_big = f"reply of {len(reply)} bytes exceeds the server's max_payload"
                         await msg.respond(msgspec.msgpack.encode({"ok": False, "error": too_big}))
 
-        sub = await self.nc.subscribe(subject, queue=queue, cb=on_request)
+        member = Membership(self.nc, subject, queue, on_request, drain)
+        await member.join()
         self._stack.push_async_callback(drain)
-        self._stack.push_async_callback(_unsubscribe, sub)
+        self._stack.push_async_callback(member.close)
+        return member
 
     def background(self, coro: Awaitable[None]) -> None:
         """Run a coroutine until the service stops (it should return once ``stop`` is set)."""
@@ -311,9 +315,45 @@ def _with_settings(spec: subjects.ConsumerSpec, settings: Settings) -> subjects.
     return replace(spec, **changes)
 
 
-async def _unsubscribe(sub: object) -> None:
-    with contextlib.suppress(nats.errors.Error):
-        await sub.unsubscribe()  # type: ignore[attr-defined]
+class Membership:
+    """A responder's place in its queue group: it can leave (finishing what it holds) and rejoin.
+
+    While it is out, the group's other members get every request; nothing sent to it before
+    it left is lost (``leave`` drains the subscription and waits for the requests in hand).
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        subject: str,
+        queue: str,
+        on_request: Callable[[Msg], Awaitable[None]],
+        settle: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.nc, self.subject, self.queue = nc, subject, queue
+        self._on_request, self._settle = on_request, settle
+        self._sub: Subscription | None = None
+
+    async def join(self) -> None:
+        """Take requests (again)."""
+        if self._sub is None:
+            self._sub = await self.nc.subscribe(self.subject, queue=self.queue, cb=self._on_request)
+
+    async def leave(self) -> None:
+        """Take no more requests; return once those already sent here are answered."""
+        sub, self._sub = self._sub, None
+        if sub is None:
+            return
+        with contextlib.suppress(nats.errors.Error):
+            await sub.drain()  # the server sends no more; what it sent is handed over
+        await self._settle()
+
+    async def close(self) -> None:
+        """Unsubscribe (the service is stopping)."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
 
 
 async def periodically(

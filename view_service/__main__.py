@@ -20,12 +20,13 @@ from prometheus_client import Histogram
 from digits import subjects
 from digits.natsserver import free_port
 from digits.registry import Registry
-from digits.service import ServiceRuntime, main, periodically
+from digits.service import Membership, ServiceRuntime, main, periodically
 from digits.store import store_from_settings
 from digits.supervisor import Supervisor, child_env, python_module
 from view_service.handlers import ROUTES, respond
 from view_service.models import Batcher, Deps, ModelCache
 from view_service.refs import Refs
+from view_service.turns import Turns
 
 NAME = "view"
 BATCH = 32  # single images predicted together
@@ -122,12 +123,14 @@ async def setup(rt: ServiceRuntime) -> None:
     async def warm(job_id: str) -> object:
         return await deps.cache.get(job_id)
 
-    deps.refs = await Refs(Registry(rt.kv[subjects.KV_REGISTRY]), warm).start()
+    members: list[Membership] = []
+    turns = Turns(work / "turns", lambda: members)
+    deps.refs = await Refs(Registry(rt.kv[subjects.KV_REGISTRY]), warm, turns).start()
     rt.defer(deps.refs.stop)
     bound = f"DIGITS_VIEW_QUEUE={settings.view_queue}"
     for subject in ROUTES:
         running = RUNNING.get(subject, RUNNING_OTHERS)
-        await rt.add_responder(
+        member = await rt.add_responder(
             subject,
             subjects.QUEUE_VIEW,
             partial(respond, deps),
@@ -135,6 +138,13 @@ async def setup(rt: ServiceRuntime) -> None:
             waiting=settings.view_queue,
             bound=bound,
         )
+        members.append(member)
+    turns.start()  # serving: a sibling may now take its turn out of the group
+
+    async def stop_turns() -> None:
+        turns.stop()
+
+    rt.defer(stop_turns)
     count = procs(settings.view_procs)
     share_cores(count)  # before the first model load brings TensorFlow in
     parent = worker_of(sys.argv)

@@ -20,6 +20,7 @@ from nats.js.kv import KeyValue
 
 from digits.registry import RegisteredModel, Registry, RegistryError, is_ref, parse_ref
 from view_service.models import InferenceError
+from view_service.turns import Turns
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,10 @@ class Target(msgspec.Struct, frozen=True):
 class Refs:
     """Resolve registry refs to jobs; follow alias moves without a failed or cold request."""
 
-    def __init__(self, registry: Registry, warm: Warm) -> None:
+    def __init__(self, registry: Registry, warm: Warm, turns: Turns | None = None) -> None:
         self.registry = registry
         self.warm = warm
+        self.turns = turns  # loads taken in turn with sibling processes, out of the group
         self.records: dict[str, tuple[RegisteredModel, int]] = {}  # name -> record, revision
         self.serving: dict[str, Target] = {}  # alias ref -> the job answering it
         self.switches = 0  # alias moves applied to the map, for tests and metrics
@@ -149,7 +151,18 @@ class Refs:
             warming[1].cancel()
 
     async def _swap(self, ref: str, target: Target) -> None:
-        """Load the new holder, then switch the map to it (the old one serves until then)."""
+        """Load the new holder, then switch the map to it (the old one serves until then).
+
+        With ``turns``, the load waits for this process's turn and is done out of the queue
+        group while a sibling process serves.
+        """
+        if self.turns is None:
+            await self._load_and_switch(ref, target)
+            return
+        async with self.turns.out(f"loading {target.job_id} for {ref}"):
+            await self._load_and_switch(ref, target)
+
+    async def _load_and_switch(self, ref: str, target: Target) -> None:
         for attempt in range(1, WARM_ATTEMPTS + 1):
             try:
                 with responsive():

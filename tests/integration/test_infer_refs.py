@@ -4,21 +4,28 @@ watched by the view service's handlers, two trained models, an alias moved under
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import os
 import shutil
 import time
 from functools import partial
 
 import msgspec
 import pytest
+from nats.js.kv import KeyValue
 
 from digits import bus, subjects
+from digits.config import Settings
 from digits.jobs import Job
 from digits.registry import ModelVersion, RegisteredModel, Registry, move_alias
+from digits.service import Membership, ServiceRuntime
 from tests.integration.test_classify import DS, MODEL, World, deps, world  # noqa: F401 - fixtures
+from tests.waiting import wait_for
 from view_service.handlers import ROUTES, respond
 from view_service.models import Deps
 from view_service.refs import Refs
+from view_service.turns import Turns
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -26,9 +33,8 @@ MODEL2 = "20260101-000002-m0de"  # the same network after one epoch only: anothe
 
 
 @pytest.fixture
-async def served(nc, world: World, deps: Deps):  # noqa: F811 - the imported fixtures
-    """Two model jobs, a registered model "shapes" (v1, v2; production -> v1), the handlers
-    answering on the real bus with a registry watch; yields (registry, deps, warm log)."""
+async def registered(nc, world: World, deps: Deps) -> tuple[Registry, KeyValue]:  # noqa: F811
+    """Two model jobs and a registered model "shapes" (v1, v2; production -> v1)."""
     folder = world.store / "models" / MODEL2
     if not folder.exists():
         shutil.copytree(world.store / "models" / MODEL, folder)
@@ -48,6 +54,14 @@ async def served(nc, world: World, deps: Deps):  # noqa: F811 - the imported fix
     await reg.create(
         RegisteredModel(name="shapes", owner="alice", versions=versions, aliases={"production": 1})
     )
+    return reg, kv
+
+
+@pytest.fixture
+async def served(nc, deps: Deps, registered):  # noqa: F811 - the imported fixtures
+    """The handlers answering on the real bus with a registry watch; yields (registry, deps,
+    warm log)."""
+    reg, kv = registered
     warmed: list[tuple[str, float]] = []  # (job, when its load ended)
 
     async def warm(job_id: str) -> object:
@@ -143,3 +157,75 @@ async def test_an_alias_move_under_load_fails_no_request_and_switches(nc, world:
     assert all(t >= loaded_at for t, r in replies if r["job_id"] == MODEL2)
     assert {r["version"] for _, r in replies[first_new:]} == {2}
     assert view.cache.loads == 2  # each model loaded once: no request loaded MODEL2 cold
+
+
+async def test_two_view_processes_load_a_new_holder_in_turn_out_of_the_queue_group(
+    nats_server,
+    nc,
+    world: World,  # noqa: F811
+    deps: Deps,  # noqa: F811
+    registered,
+    tmp_path,
+):
+    """Each responder leaves the group while it loads, one at a time; the other answers."""
+    reg, kv = registered
+    env = {"DIGITS_NATS_URL": nats_server.url, "DIGITS_DATA_DIR": str(tmp_path)}
+    settings = Settings.from_env(env | {"DIGITS_HEALTH_PORT": "0"})
+    started: list[tuple[float, str]] = []  # (when a request was taken, by whom)
+    runtimes: list[ServiceRuntime] = []
+    watches: list[Refs] = []
+    turns: dict[str, Turns] = {}
+
+    async def warm(job_id: str) -> object:
+        await asyncio.sleep(0.7)  # a slow load, long enough to see who answers meanwhile
+        return await deps.cache.get(job_id)
+
+    # Two live pids (this process's, its parent's) name the two "processes"' member files.
+    for name, pid in (("a", os.getpid()), ("b", os.getppid())):
+        rt = ServiceRuntime(f"view-{name}", settings)
+        await rt.start()
+        runtimes.append(rt)
+        members: list[Membership] = []
+        turns[name] = Turns(tmp_path / "turns", lambda m=members: m, pid=pid)
+        watches.append(await Refs(Registry(kv), warm, turns[name]).start())
+        view = dataclasses.replace(deps, refs=watches[-1])
+
+        async def answer(msg, view=view, name=name) -> bytes:
+            started.append((time.monotonic(), name))
+            return await respond(view, msg)
+
+        for subject in ROUTES:
+            members.append(await rt.add_responder(subject, subjects.QUEUE_VIEW, answer))
+        turns[name].start()
+    replies: list[dict] = []
+    stop = asyncio.Event()
+
+    async def client() -> None:
+        while not stop.is_set():
+            replies.append(await ask(nc, "shapes@production", world))
+
+    try:
+        clients = [asyncio.create_task(client()) for _ in range(3)]
+        await wait_for(lambda: len(replies) > 20 and {n for _, n in started} == {"a", "b"})
+        await reg.update("shapes", partial(move_alias, alias="production", number=2, by="t",
+                                           reason="test", expected=1))  # fmt: skip
+        await wait_for(lambda: all(t.outings for t in turns.values()), timeout=30)
+        served_both = len(replies)
+        await wait_for(lambda: len(replies) > served_both + 20)  # and both serve again
+        stop.set()
+        await asyncio.gather(*clients)
+    finally:
+        for rt in runtimes:
+            rt.stop.set()
+            await rt.wait()
+        for refs in watches:
+            await refs.stop()
+    failed = [r for r in replies if not r.get("ok")]
+    assert not failed, failed[:3]
+    assert {r["job_id"] for r in replies[-5:]} == {MODEL2}
+    (a_left, a_back), (b_left, b_back) = turns["a"].outings[0], turns["b"].outings[0]
+    assert a_back <= b_left or b_back <= a_left, "both were out of the group at once"
+    for name, (left, back) in (("a", (a_left, a_back)), ("b", (b_left, b_back))):
+        assert back - left >= 0.7
+        taken = [n for t, n in started if left < t < back]
+        assert taken and set(taken) == {"b" if name == "a" else "a"}, (name, taken)
