@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
 import posixpath
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, TypeVar
 
 import msgspec
 import nats.js.errors
@@ -24,6 +27,9 @@ from ingest_service.layout import event_claim, object_claim, stage_title
 from ingest_service.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
+
+KV_AT_ONCE = 128  # claim reads or writes of one notification in flight at a time
+T = TypeVar("T")
 
 
 def split_stage(url: str, pct_val: int, pct_test: int) -> str:
@@ -50,9 +56,15 @@ class Watcher:
             records = parse_notification(msg.data)
         except NotificationError as exc:
             raise bus.Permanent(f"bad S3 notification: {exc}") from exc
+        # One message's objects join their datasets' pending lists together, in one update a
+        # dataset: a batch flushed meanwhile never splits a message, and 1,000 records cost
+        # one compare-and-swap, not 1,000.
+        by_job: dict[str, tuple[Job, list[ObjectCreated]]] = {}
         for record in records:
             for job in await self._watching(record.bucket, record.key):
-                await self._add(job, record)
+                by_job.setdefault(job.id, (job, []))[1].append(record)
+        for job, announced in by_job.values():
+            await self._add(job, announced)
 
     async def _watching(self, bucket: str, key: str) -> list[Job]:
         stamp, cached = self._cache
@@ -69,32 +81,38 @@ class Watcher:
             if j.extra["watch"]["bucket"] == bucket and key.startswith(j.extra["watch"]["prefix"])
         ]
 
-    async def _add(self, job: Job, record: ObjectCreated) -> None:
+    async def _add(self, job: Job, records: list[ObjectCreated]) -> None:
+        """Add the objects not announced before to the dataset's pending list."""
         idem = await self.pipeline.js.key_value("digits-idem")
-        claim = event_claim(record.bucket, record.key, record.etag)
-        if await _claimed(idem, claim):
-            return  # announced before: a duplicate notification
-        relative = record.key[len(job.extra["watch"]["prefix"]) :]
-        parts = relative.split("/")
-        ext = posixpath.splitext(relative)[1].lower()
-        if len(parts) != 2 or parts[0].startswith(".") or ext not in SUPPORTED_EXTENSIONS:
-            log.info("dataset %s ignores s3://%s/%s", job.id, record.bucket, record.key)
+        claims = [event_claim(r.bucket, r.key, r.etag) for r in records]
+        claimed = await _each(claims, partial(_claimed, idem))
+        prefix = job.extra["watch"]["prefix"]
+        fresh: dict[tuple[str, str], tuple[str, str]] = {}  # (url, etag) -> (label, claim)
+        for record, claim, seen in zip(records, claims, claimed, strict=True):
+            if seen:
+                continue  # announced before: a duplicate notification
+            relative = record.key[len(prefix) :]
+            parts = relative.split("/")
+            ext = posixpath.splitext(relative)[1].lower()
+            if len(parts) != 2 or parts[0].startswith(".") or ext not in SUPPORTED_EXTENSIONS:
+                log.info("dataset %s ignores s3://%s/%s", job.id, record.bucket, record.key)
+                continue
+            url = f"s3://{record.bucket}/{record.key}"
+            fresh[(url, record.etag)] = (parts[0].replace("_", " "), claim)
+        if not fresh:
             return
-        url = f"s3://{record.bucket}/{record.key}"
-        label = parts[0].replace("_", " ")
 
         def add(j: Job) -> Job | None:
             pending = list(j.extra.get("pending", []))
-            if any(p[0] == url and p[2] == record.etag for p in pending):
+            held = {(p[0], p[2]) for p in pending}
+            now = time.time()
+            new = [[u, label, e, now] for (u, e), (label, _) in fresh.items() if (u, e) not in held]
+            if not new:
                 return None
-            pending.append([url, label, record.etag, time.time()])
-            return msgspec.structs.replace(j, extra={**j.extra, "pending": pending})
+            return msgspec.structs.replace(j, extra={**j.extra, "pending": pending + new})
 
         job = await self.pipeline.jobs.update(job.id, add)
-        try:
-            await idem.create(claim, b"1")
-        except nats.js.errors.KeyWrongLastSequenceError:
-            pass
+        await _each([claim for _, claim in fresh.values()], partial(_claim, idem))
         if len(job.extra.get("pending", [])) >= self.settings.watch_batch:
             await self.flush(job.id)
 
@@ -200,3 +218,17 @@ async def _claimed(idem: Any, claim: str) -> bool:
     except nats.js.errors.KeyNotFoundError:
         return False
     return True
+
+
+async def _claim(idem: Any, claim: str) -> None:
+    """Mark an announcement as taken (a repeat of it is then a duplicate)."""
+    with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+        await idem.create(claim, b"1")
+
+
+async def _each(items: list[str], call: Callable[[str], Awaitable[T]]) -> list[T]:
+    """``call`` on every item, KV_AT_ONCE requests in flight at a time; the results in order."""
+    results: list[T] = []
+    for start in range(0, len(items), KV_AT_ONCE):
+        results += await asyncio.gather(*(call(i) for i in items[start : start + KV_AT_ONCE]))
+    return results

@@ -183,6 +183,29 @@ async def test_a_watched_prefix_grows_by_notifications_and_duplicates_do_not(
     assert ingest.healthy()
 
 
+async def test_one_notification_of_many_objects_makes_one_version(
+    nats_server, nc, stack, moto_url, unique
+):
+    """Its records join the pending list together: a flush by the (tiny) interval or by the
+    batch size does not split the message into several versions."""
+    stack("ingest_service", DIGITS_WATCH_INTERVAL_S="0.05", DIGITS_WATCH_BATCH="100")
+    bucket = f"many-{unique}"
+    first = {f"train/c{c}/first{i}.png": png(50 + 100 * c) for c in range(2) for i in range(4)}
+    await upload(moto_url, bucket, first)
+    await create_dataset(nats_server.url, "many", s3_form(moto_url, bucket, s3_watch=True))
+    job = await finished_job(nc, "many")
+    assert job.status == jobs.DONE, job.error
+    updated = await nc.subscribe(subjects.evt_job(job.id, "dataset.updated"))
+    objects = {f"train/c{i % 2}/{i:03d}.png": png(50 + 100 * (i % 2)) for i in range(150)}
+    etags = await upload(moto_url, bucket, objects)
+    await nc.jetstream().publish(f"{subjects.S3}.{bucket}", aws_notification(bucket, etags))
+    fact = events.decode((await updated.next_msg(timeout=60)).data, events.DatasetUpdated)
+    assert (fact.version, sum(fact.added.values())) == (2, 150)
+    await asyncio.sleep(1.0)  # 20 intervals: nothing is left over for a version 3
+    record = await (await job_store(nc)).get(job.id)
+    assert record.extra["version"] == 2 and not record.extra.get("pending"), record.extra
+
+
 async def test_a_bucket_that_does_not_exist_fails_the_job_naming_it(
     nats_server, nc, ingest, moto_url, unique
 ):
