@@ -69,11 +69,7 @@ class Watcher:
     async def _watching(self, bucket: str, key: str) -> list[Job]:
         stamp, cached = self._cache
         if time.monotonic() - stamp > 1.0:
-            cached = [
-                j
-                for j in await self.pipeline.jobs.list()
-                if j.extra.get("watch") and j.status not in (jobs.ABORTED, jobs.ERROR)
-            ]
+            cached = await self._watching_all()
             self._cache = (time.monotonic(), cached)
         return [
             j
@@ -205,6 +201,7 @@ class Watcher:
                 await self.flush(job.id)
 
     async def _watching_all(self) -> list[Job]:
+        """The datasets under watch now (read from the job bucket)."""
         return [
             j
             for j in await self.pipeline.jobs.list()

@@ -257,9 +257,11 @@ async def test_a_follower_retrains_on_new_objects_and_only_a_better_version_is_p
         model = await reg.get("shapes")
         return model if model.latest() >= number else None
 
-    async def notify(objects: dict[str, bytes]) -> None:
-        etags = await upload(moto_url, bucket, objects)
+    async def announce(etags: dict[str, str]) -> None:
         await nc.jetstream().publish(f"{subjects.S3}.{bucket}", aws_notification(bucket, etags))
+
+    async def notify(objects: dict[str, bytes]) -> None:
+        await announce(await upload(moto_url, bucket, objects))
 
     # More of the same: version 2 trains by itself on dataset version 2, fine-tuned, and wins.
     # The train service is SIGKILLed while v2 trains: the alias stays until v2 is done.
@@ -303,10 +305,18 @@ async def test_a_follower_retrains_on_new_objects_and_only_a_better_version_is_p
 
     # Mislabelled new data: version 3 trains, is worse, and the alias stays, saying why. More of
     # it arrives while v3 trains: it is held for the next version (v4), not lost, not in parallel.
-    await notify(batch("c", 60, rng, swap=True))
+    # The second batch is uploaded first and announced once the first is being ingested (as
+    # dataset v3): it becomes dataset v4, ready within seconds, while model v3 still trains.
+    worse, more = batch("c", 60, rng, swap=True), batch("d", 60, rng, swap=True)
+    held_back = await upload(moto_url, bucket, more)
+    await notify(worse)
 
+    async def ingesting(version: int) -> bool:
+        return (await store.get(data.id)).extra.get("version", 1) >= version
+
+    await wait_for(lambda: ingesting(3), timeout=60, interval=0.05)
+    await announce(held_back)
     await wait_for(lambda: registered(3), timeout=120, interval=0.2)
-    await notify(batch("d", 60, rng, swap=True))
 
     async def settled():
         model = await reg.get("shapes")

@@ -211,7 +211,7 @@ async def test_two_view_processes_load_a_new_holder_in_turn_out_of_the_queue_gro
                                            reason="test", expected=1))  # fmt: skip
         await wait_for(lambda: all(t.outings for t in turns.values()), timeout=30)
         served_both = len(replies)
-        await wait_for(lambda: len(replies) > served_both + 20)  # and both serve again
+        await wait_for(lambda: len(replies) > served_both + 20)  # more, once both are back
         stop.set()
         await asyncio.gather(*clients)
     finally:
@@ -220,6 +220,8 @@ async def test_two_view_processes_load_a_new_holder_in_turn_out_of_the_queue_gro
             await rt.wait()
         for refs in watches:
             await refs.stop()
+        for t in turns.values():
+            t.stop()
     failed = [r for r in replies if not r.get("ok")]
     assert not failed, failed[:3]
     assert {r["job_id"] for r in replies[-5:]} == {MODEL2}
