@@ -9,6 +9,8 @@ import logging
 import os
 import signal
 import socket
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -354,6 +356,28 @@ class Membership:
         if sub is not None:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
+
+
+def lower_priority(nice: int, *, thread_only: bool = False) -> int:
+    """Raise the nice value of every thread of this process (or the calling one) to ``nice``.
+
+    Threads started afterwards inherit their starter's value. A value already higher stays (it
+    is never lowered: that needs privilege). Returns the calling thread's value now.
+    """
+    if sys.platform == "linux":  # nice values are per thread
+        me = threading.get_native_id()
+        tids = [me] if thread_only else [int(t) for t in os.listdir("/proc/self/task")]
+    else:  # per process: a lone thread cannot be lowered alone
+        tids = [] if thread_only else [0]
+    for tid in tids:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except ProcessLookupError:
+            continue  # a thread that ended meanwhile
+        except OSError as exc:  # a sandbox may refuse it: the work runs at its priority
+            log.warning("cannot lower the CPU priority to nice %d: %s", nice, exc)
+    return os.getpriority(os.PRIO_PROCESS, 0)
 
 
 async def periodically(

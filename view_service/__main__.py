@@ -26,7 +26,7 @@ from digits.supervisor import Supervisor, child_env, python_module
 from view_service.handlers import ROUTES, respond
 from view_service.models import Batcher, Deps, ModelCache
 from view_service.refs import Refs
-from view_service.turns import Turns
+from view_service.turns import Turns, out_of_group_loader
 
 NAME = "view"
 BATCH = 32  # single images predicted together
@@ -120,8 +120,11 @@ async def setup(rt: ServiceRuntime) -> None:
 
     rt.defer(close_batcher)
 
-    async def warm(job_id: str) -> object:
-        return await deps.cache.get(job_id)
+    loader = out_of_group_loader()
+    rt.defer(partial(asyncio.to_thread, loader.shutdown))
+
+    async def warm(job_id: str, out: bool) -> object:
+        return await deps.cache.get(job_id, executor=loader if out else None)
 
     members: list[Membership] = []
     turns = Turns(work / "turns", lambda: members)

@@ -18,7 +18,7 @@ import weakref
 import zlib
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -289,8 +289,14 @@ class ModelCache:
             )
         return job, found
 
-    async def get(self, job_id: str, epoch: float = -1) -> LoadedModel:
-        """The loaded snapshot; concurrent gets of one snapshot share one load."""
+    async def get(
+        self, job_id: str, epoch: float = -1, *, executor: Executor | None = None
+    ) -> LoadedModel:
+        """The loaded snapshot; concurrent gets of one snapshot share one load.
+
+        A load runs its blocking steps (reading the file, tracing) in ``executor`` (by default
+        the loop's).
+        """
         job, epoch = await self.resolve(job_id, epoch)
         key = (job.id, epoch)
         model = self._models.get(key)
@@ -299,7 +305,7 @@ class ModelCache:
             return model
         future = self._loading.get(key)
         if future is None:
-            future = asyncio.ensure_future(self._load(job, epoch))
+            future = asyncio.ensure_future(self._load(job, epoch, executor))
             self._loading[key] = future
             future.add_done_callback(lambda f: self._loaded(key, f))
         return await asyncio.shield(future)
@@ -333,7 +339,7 @@ class ModelCache:
         except NotFoundError:
             return None
 
-    async def _load(self, job: Job, epoch: float) -> LoadedModel:
+    async def _load(self, job: Job, epoch: float, executor: Executor | None) -> LoadedModel:
         raw = await self._optional(model_key(job.id, INFO))
         info: dict[str, Any] = json.loads(raw) if raw else {}  # a running job has none yet
         dataset_id = str(info.get("dataset_id") or (job.depends_on or [""])[0])
@@ -363,7 +369,7 @@ class ModelCache:
         if not labels and (text := await self._optional(model_key(job.id, LABELS))):
             labels = text.decode().splitlines()
         crop = info.get("crop_size") if info else _int(job.form, "crop_size")
-        keras_model = await self._fetch(job.id, epoch)
+        keras_model = await self._fetch(job.id, epoch, executor)
         shape = list(manifest.get("feature_shape") or keras_model.input_shape[1:])
         shape = shape + [1] if len(shape) == 2 else shape
         height = _int(form, "resize_height") or shape[0]
@@ -384,10 +390,10 @@ class ModelCache:
             dataset_id=dataset_id,
             task=str(info.get("task") or "classification"),
         )
-        await asyncio.to_thread(model.warm)
+        await asyncio.get_running_loop().run_in_executor(executor, model.warm)
         return model
 
-    async def _fetch(self, job_id: str, epoch: float) -> Any:
+    async def _fetch(self, job_id: str, epoch: float, executor: Executor | None) -> Any:
         name = snapshot_name(epoch)
         path = self.cache_dir / "models" / job_id / f".{uuid.uuid4().hex}.{name}"
         try:
@@ -397,7 +403,8 @@ class ModelCache:
         try:
             import keras
 
-            model = await asyncio.to_thread(keras.models.load_model, path, compile=False)
+            load = partial(keras.models.load_model, path, compile=False)
+            model = await asyncio.get_running_loop().run_in_executor(executor, load)
         except Exception as exc:  # noqa: BLE001 - a damaged or foreign file
             raise InferenceError(f"model {job_id}: cannot load {name}: {exc}") from exc
         finally:

@@ -28,7 +28,8 @@ WARM_ATTEMPTS = 3  # loads of a new holder tried before the map switches to it r
 WARM_RETRY_S = 1.0
 SWAP_SWITCH_S = 0.0005  # the GIL switch interval while a new holder loads in the background
 
-Warm = Callable[[str], Awaitable[object]]  # loads (and keeps) a job's latest snapshot
+# Loads (and keeps) a job's latest snapshot; the flag says the process is out of the queue group.
+Warm = Callable[[str, bool], Awaitable[object]]
 
 
 class Target(msgspec.Struct, frozen=True):
@@ -157,16 +158,16 @@ class Refs:
         group while a sibling process serves.
         """
         if self.turns is None:
-            await self._load_and_switch(ref, target)
+            await self._load_and_switch(ref, target, False)
             return
-        async with self.turns.out(f"loading {target.job_id} for {ref}"):
-            await self._load_and_switch(ref, target)
+        async with self.turns.out(f"loading {target.job_id} for {ref}") as out:
+            await self._load_and_switch(ref, target, out)
 
-    async def _load_and_switch(self, ref: str, target: Target) -> None:
+    async def _load_and_switch(self, ref: str, target: Target, out: bool) -> None:
         for attempt in range(1, WARM_ATTEMPTS + 1):
             try:
                 with responsive():
-                    await self.warm(target.job_id)
+                    await self.warm(target.job_id, out)
                 break
             except Exception as exc:  # noqa: BLE001 - logged; the map switches in the end
                 log.warning(

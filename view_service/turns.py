@@ -18,15 +18,17 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from digits.service import Membership
+from digits.service import Membership, lower_priority
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.02  # between tries at the turn lock
 OUTINGS_KEPT = 20
 SETTLE_S = 0.05  # after rejoining, before the next process may leave (interest propagates)
+LOADER_NICE = 19  # the out-of-group loader thread's nice value: the lowest CPU priority
 
 
 class Turns:
@@ -127,6 +129,21 @@ class Turns:
         fcntl.flock(self._member, fcntl.LOCK_EX)
         await asyncio.sleep(SETTLE_S)  # and the cluster's other servers, before a sibling leaves
         log.info("back in the queue group")
+
+
+def out_of_group_loader() -> ThreadPoolExecutor:
+    """One thread at nice 19 for the loads a process makes out of the queue group.
+
+    Out of the group the process serves nobody, so its load may as well yield the cores to
+    the siblings that serve. Only those loads run there: a load made while serving stays at
+    the serving threads' priority (a low-priority thread holding the GIL would hold their
+    requests up). The thread stays at nice 19: raising its priority again needs privilege.
+    """
+    return ThreadPoolExecutor(1, thread_name_prefix="view-load", initializer=_lower_priority)
+
+
+def _lower_priority() -> None:
+    lower_priority(LOADER_NICE, thread_only=True)  # not the process's: elsewhere than Linux
 
 
 def _alive(pid: int) -> bool:

@@ -25,7 +25,7 @@ from tests.waiting import wait_for
 from view_service.handlers import ROUTES, respond
 from view_service.models import Deps
 from view_service.refs import Refs
-from view_service.turns import Turns
+from view_service.turns import Turns, out_of_group_loader
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -64,7 +64,7 @@ async def served(nc, deps: Deps, registered):  # noqa: F811 - the imported fixtu
     reg, kv = registered
     warmed: list[tuple[str, float]] = []  # (job, when its load ended)
 
-    async def warm(job_id: str) -> object:
+    async def warm(job_id: str, out: bool = False) -> object:
         await asyncio.sleep(1.0)  # a slow load: requests must not wait on it
         loaded = await deps.cache.get(job_id)
         warmed.append((job_id, time.monotonic()))
@@ -175,10 +175,13 @@ async def test_two_view_processes_load_a_new_holder_in_turn_out_of_the_queue_gro
     runtimes: list[ServiceRuntime] = []
     watches: list[Refs] = []
     turns: dict[str, Turns] = {}
+    outs: list[bool] = []  # whether each load was made out of the group
+    loader = out_of_group_loader()
 
-    async def warm(job_id: str) -> object:
+    async def warm(job_id: str, out: bool = False) -> object:
+        outs.append(out)
         await asyncio.sleep(0.7)  # a slow load, long enough to see who answers meanwhile
-        return await deps.cache.get(job_id)
+        return await deps.cache.get(job_id, executor=loader if out else None)
 
     # Two live pids (this process's, its parent's) name the two "processes"' member files.
     for name, pid in (("a", os.getpid()), ("b", os.getppid())):
@@ -222,9 +225,11 @@ async def test_two_view_processes_load_a_new_holder_in_turn_out_of_the_queue_gro
             await refs.stop()
         for t in turns.values():
             t.stop()
+        loader.shutdown()
     failed = [r for r in replies if not r.get("ok")]
     assert not failed, failed[:3]
     assert {r["job_id"] for r in replies[-5:]} == {MODEL2}
+    assert outs == [True, True]  # each loaded in the low-priority thread, with a sibling serving
     (a_left, a_back), (b_left, b_back) = turns["a"].outings[0], turns["b"].outings[0]
     assert a_back <= b_left or b_back <= a_left, "both were out of the group at once"
     for name, (left, back) in (("a", (a_left, a_back)), ("b", (b_left, b_back))):

@@ -6,8 +6,11 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 
-from view_service.turns import Turns
+import pytest
+
+from view_service.turns import LOADER_NICE, Turns, out_of_group_loader
 
 # Two live processes' pids: this one and its parent stand for two view processes.
 A, B = os.getpid(), os.getppid()
@@ -81,3 +84,17 @@ async def test_turns_are_taken_one_at_a_time(tmp_path):
     assert a.outings[0][1] <= b.outings[0][0]  # the periods out do not overlap
     a.stop()
     b.stop()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="thread priorities are Linux's")
+def test_the_out_of_group_loader_runs_at_the_lowest_priority_and_only_it():
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = nice()
+    loader = out_of_group_loader()
+    try:
+        assert loader.submit(nice).result(timeout=10) == LOADER_NICE
+    finally:
+        loader.shutdown()
+    assert nice() == before  # the calling thread (and so the process's others) keep theirs
