@@ -48,6 +48,9 @@ class Settings:
     view_procs: int = 0  # responder processes of a view service; 0: one per core
     view_queue: int = 128  # requests a view process holds beyond those it runs; more: "busy"
     train_cache_mb: int = 1024  # decoded training samples kept in memory per job; 0: stream
+    train_nice: int = (
+        19  # a train service's CPU priority (nice); serving goes first on shared cores
+    )
     hardware_s: float = 5.0
     watch_interval_s: float = 5.0
     log_level: str = "INFO"
@@ -113,6 +116,7 @@ class Settings:
         ints["view_procs"] = (0, 256)
         ints["view_queue"] = (0, 100_000)
         ints["train_cache_mb"] = (0, 1 << 20)
+        ints["train_nice"] = (0, 19)
         for name, (lo, hi) in ints.items():
             var = f"DIGITS_{name.upper()}"
             if get(var):
@@ -190,6 +194,7 @@ class Settings:
             "DIGITS_VIEW_PROCS": str(self.view_procs),
             "DIGITS_VIEW_QUEUE": str(self.view_queue),
             "DIGITS_TRAIN_CACHE_MB": str(self.train_cache_mb),
+            "DIGITS_TRAIN_NICE": str(self.train_nice),
             "DIGITS_HARDWARE_S": str(self.hardware_s),
             "DIGITS_WATCH_INTERVAL_S": str(self.watch_interval_s),
             "DIGITS_LOG_LEVEL": self.log_level,

@@ -9,7 +9,7 @@ from nats.aio.msg import Msg
 
 from digits import subjects
 from digits.registry import Registry
-from digits.service import ServiceRuntime, main, periodically
+from digits.service import ServiceRuntime, lower_priority, main, periodically
 from digits.store import store_from_settings
 from train_service import devices
 from train_service.follow import Follower
@@ -23,6 +23,9 @@ NAME = "train"
 async def setup(rt: ServiceRuntime) -> None:
     """Register this service's consumers: model commands, dataset outcomes, training work."""
     assert rt.js is not None and rt.jobs is not None
+    # Training takes what CPU serving leaves on shared cores (its threads, and TensorFlow's,
+    # started from here on, inherit the value).
+    lower_priority(rt.settings.train_nice)
     # Before anything else touches TensorFlow: it fixes its devices when it first uses them.
     await asyncio.to_thread(devices.configure, rt.settings)
     store = store_from_settings(rt.settings)

@@ -139,3 +139,21 @@ async def test_a_mirrored_job_resumes_from_its_checkpoint_after_sigkill(
     seq = [e.epoch for e in progress if e.phase == "train"]
     after_two = seq[seq.index(next(x for x in seq if x >= 2)) :]
     assert max(seq) == 12 and min(after_two) > 1, f"restarted from scratch: {seq}"
+
+
+def thread_nices(pid: int) -> set[int]:
+    """The nice values of a process's threads (field 19 of each /proc/<pid>/task/<tid>/stat)."""
+    found = set()
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        fields = stat.read_text().rpartition(")")[2].split()  # after the (command name)
+        found.add(int(fields[16]))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
+def test_the_train_service_runs_below_the_serving_services_unless_told(stack):
+    """DIGITS_TRAIN_NICE (19 by default): every thread, TensorFlow's too, takes what is left."""
+    default = stack("train_service")
+    assert thread_nices(default.proc.pid) == {19}
+    told = stack("train_service", DIGITS_TRAIN_NICE="0")
+    assert thread_nices(told.proc.pid) == {0}

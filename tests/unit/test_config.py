@@ -47,6 +47,8 @@ def test_a_list_of_nats_servers_and_an_s3_store():
         ("DIGITS_SNS_CONFIRM", "later", "DIGITS_SNS_CONFIRM='later' is not a boolean"),
         ("DIGITS_FOLLOW_MIN_NEW_SAMPLES", "-3", "DIGITS_FOLLOW_MIN_NEW_SAMPLES='-3' is out of"),
         ("DIGITS_FOLLOW_MIN_INTERVAL_S", "soon", "DIGITS_FOLLOW_MIN_INTERVAL_S='soon' is not a"),
+        ("DIGITS_TRAIN_NICE", "20", "DIGITS_TRAIN_NICE='20' is out of range; expected 0..19"),
+        ("DIGITS_TRAIN_NICE", "-5", "DIGITS_TRAIN_NICE='-5' is out of range; expected 0..19"),
     ],
 )
 def test_bad_values_are_named(var, value, message):
@@ -88,4 +90,11 @@ def test_follower_bounds_default_and_travel_to_child_processes():
     env = {"DIGITS_FOLLOW_MIN_NEW_SAMPLES": "250", "DIGITS_FOLLOW_MIN_INTERVAL_S": "600"}
     settings = Settings.from_env(env)
     assert (settings.follow_min_new_samples, settings.follow_min_interval_s) == (250, 600.0)
+    assert Settings.from_env(settings.to_env()) == settings
+
+
+def test_the_train_priority_defaults_to_the_lowest_and_travels_to_child_processes():
+    assert Settings.from_env({}).train_nice == 19
+    settings = Settings.from_env({"DIGITS_TRAIN_NICE": "0"})
+    assert settings.train_nice == 0
     assert Settings.from_env(settings.to_env()) == settings
