@@ -48,9 +48,7 @@ class Settings:
     view_procs: int = 0  # responder processes of a view service; 0: one per core
     view_queue: int = 128  # requests a view process holds beyond those it runs; more: "busy"
     train_cache_mb: int = 1024  # decoded training samples kept in memory per job; 0: stream
-    train_nice: int = (
-        19  # a train service's CPU priority (nice); serving goes first on shared cores
-    )
+    train_nice: int = 19  # a train service's CPU priority (nice): serving goes first
     hardware_s: float = 5.0
     watch_interval_s: float = 5.0
     log_level: str = "INFO"
