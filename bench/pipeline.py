@@ -24,6 +24,7 @@ import asyncio
 import io
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -46,6 +47,7 @@ GOAL_OTHER_S = 2.0
 GOAL_P99_RATIO = 1.5
 REF = "shapes@production"
 PACE_S = 0.005  # between one reply and the next request
+SERVICES = ("ingest_service", "train_service", "view_service")
 WARM_MS = 250.0  # a reply slower than this comes from a cold load
 
 
@@ -141,15 +143,19 @@ async def run(quick: bool) -> dict[str, Any]:
                 "DIGITS_INGEST_PROCS": "1",
                 "DIGITS_WATCH_INTERVAL_S": "0.2",
             }
-            for module in ("ingest_service", "train_service", "view_service"):
-                view = stack.start_service(module, **env)
+            started = {m: stack.start_service(m, **env) for m in SERVICES}
             await stack.wait_healthy()
             async with stack.client("bench-pipeline") as nc:
                 result = await measure(nc, endpoint, rng, per_class, quick)
             # The view processes (the workers write to the parent's log) say when they load
             # a new holder out of the queue group while a sibling serves.
-            text = view.child.log_path.read_text(errors="replace")
+            text = started["view_service"].child.log_path.read_text(errors="replace")
             result["view_loads_out_of_group"] = text.count("out of the queue group while")
+            # The train service logs the setup steps of each run: where a slow start went.
+            text = started["train_service"].child.log_path.read_text(errors="replace")
+            v2 = re.escape(result["v2_job_id"])
+            steps = re.findall(rf"job {v2}: (.+?) after ([0-9.]+) s", text)
+            result["v2_setup_s"] = {step: float(s) for step, s in steps}
             return result
     finally:
         moto.stop()
@@ -323,6 +329,7 @@ async def measure(nc: Any, endpoint: str, rng: np.random.Generator, per_class: i
         "p99_ratio": round(p99_swap / p99_before, 3) if before and swap_ok else None,
         "goal_p99_ratio": GOAL_P99_RATIO,
         "images_per_batch": 2 * per_class,
+        "v2_job_id": v2.job_id,
         "machine": machine("tensorflow", "nats-py"),
     }
 

@@ -100,6 +100,7 @@ class TrainSession:
         self.plan = plan or Plan((), (), explicit=False)
         self.replaced_head: str | None = None
         self.sample_cache_mb = sample_cache_mb
+        self._started = time.perf_counter()  # the setup steps are logged from here
         self.saved_model: dict[str, Any] | None = None  # the SavedModel export, if any
 
     def run(self) -> Result:
@@ -108,10 +109,12 @@ class TrainSession:
         from train_service import data, devices, export, tasks
 
         opts = self.options
+        self.mark("run began")  # late if the event loop's threads were all taken
         dataset_id = self.job.depends_on[0]
         dataset = datasets.open(
             self.manifest_url, cache_dir=self.cache_dir / "datasets" / dataset_id
         )
+        self.mark("dataset opened")
         if opts.seed is not None:
             keras.utils.set_random_seed(opts.seed)
         self.task = tasks.detect(dataset, opts.form)
@@ -157,9 +160,11 @@ class TrainSession:
             num_replicas_in_sync=self.replicas,
             backend=keras.backend.backend(),
         )
+        self.mark("input pipelines ready")
         with tempfile.TemporaryDirectory(prefix="digits-train-") as tmp:
             with strategy.scope():  # variables (model and optimizer) live on the chosen devices
                 model, state = self._model(Path(tmp), dataset, total_steps)
+            self.mark("model built")
             callback = Reporter(self, Path(tmp), steps_per_epoch, total_steps, val, state)
             if state.epoch * steps_per_epoch < total_steps:
                 train.set_epoch(state.epoch)  # a resumed run sees the same order as an unbroken one
@@ -184,6 +189,10 @@ class TrainSession:
             if stage is not None:
                 stage.close()
         return Result(final, list(state.snapshots), dict(state.metrics), aborted)
+
+    def mark(self, step: str) -> None:
+        """Log a setup step with the seconds since the session was made: where a slow start went."""
+        log.info("job %s: %s after %.2f s", self.job.id, step, time.perf_counter() - self._started)
 
     def _model(self, tmp: Path, dataset: Any, total_steps: int) -> tuple[Any, State]:
         from train_service import data, lr_policy, networks, solvers, tasks
@@ -297,6 +306,8 @@ class Reporter(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         """After each batch: report, snapshot, validate, stop when done or aborted."""
         self.step += 1
+        if self.step == self.state.epoch * self.spe + 1:
+            self.session.mark("first batch trained")
         self._images += self.batch_size
         epoch = round(self.step / self.spe, 4)
         if self.step % self.report_every == 0 or self.step == self.total:
