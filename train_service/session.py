@@ -294,6 +294,7 @@ class Reporter(keras.callbacks.Callback):
         self.val = val
         self.state = state
         self.step = state.epoch * steps_per_epoch
+        self.first_step = self.step + 1  # this run's (a resumed run starts past the first epochs)
         self.report_every = max(1, steps_per_epoch // 4)
         self.snap_every = max(1, round(opts.snapshot_interval * steps_per_epoch))
         self.val_every = max(1, round(opts.val_interval * steps_per_epoch))
@@ -306,7 +307,7 @@ class Reporter(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         """After each batch: report, snapshot, validate, stop when done or aborted."""
         self.step += 1
-        if self.step == self.state.epoch * self.spe + 1:
+        if self.step == self.first_step:
             self.session.mark("first batch trained")
         self._images += self.batch_size
         epoch = round(self.step / self.spe, 4)
