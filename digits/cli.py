@@ -293,6 +293,7 @@ async def _serve(
         loop.add_signal_handler(sig, rt.stop.set)
     await rt.start()
     await module.setup(rt)  # type: ignore[attr-defined]
+    await rt.mark_ready()
 
     async def idle_exit() -> None:
         try:

@@ -52,6 +52,7 @@ class ServiceRuntime:
         self.kv: dict[str, KeyValue] = {}
         self.jobs: JobStore | None = None
         self.health_port: int | None = None
+        self.ready = False  # the setup has run (/healthz says "starting" until then)
         self.health: dict[str, Callable[[], object]] = {}  # more /healthz fields, by name
         self._workers: list[bus.Worker] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -274,13 +275,24 @@ class ServiceRuntime:
             "%s: health on http://%s:%s", self.name, self.settings.health_host, self.health_port
         )
 
+    async def mark_ready(self) -> None:
+        """The setup has run: once the server has its subscriptions, /healthz says ok."""
+        if self.nc is not None and self.nc.is_connected:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await self.nc.flush(timeout=10)  # a request sent after "ok" finds a responder
+        self.ready = True
+
     async def _healthz(self, request: web.Request) -> web.Response:
         connected = bool(self.nc and self.nc.is_connected)
+        if not self.ready:
+            status = "starting"  # its consumers and responders are not all there yet
+        else:
+            status = "ok" if connected and not self.stop.is_set() else "degraded"
         body: dict[str, object] = {
             "service": self.name,
             "instance": self.instance,
             "nats": "connected" if connected else "disconnected",
-            "status": "ok" if connected and not self.stop.is_set() else "degraded",
+            "status": status,
             "uptime_s": round(time.time() - self.started_at, 1),
         }
         body.update({name: field() for name, field in self.health.items()})
@@ -407,6 +419,7 @@ async def serve(name: str, setup: Setup, settings: Settings | None = None) -> No
         loop.add_signal_handler(sig, runtime.stop.set)
     await runtime.start()
     await setup(runtime)
+    await runtime.mark_ready()
     log.info("%s: ready (instance %s)", name, runtime.instance)
     await runtime.wait()
     log.info("%s: stopped", name)

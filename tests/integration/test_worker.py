@@ -252,3 +252,45 @@ async def test_a_work_message_that_runs_out_of_deliveries_ends_its_job_in_error(
     finally:
         service.stop.set()
         await service.wait()
+
+
+async def test_healthz_says_starting_until_the_setup_has_run_then_a_request_finds_its_responder(
+    nats_server, nc, tmp_path
+):
+    """Before, /healthz said ok before the setup subscribed: a request right after had no one."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from digits.config import Settings
+    from digits.service import ServiceRuntime
+
+    def healthz(port: int) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    settings = Settings.from_env(
+        {"DIGITS_NATS_URL": nats_server.url, "DIGITS_DATA_DIR": str(tmp_path)}
+    )
+    service = ServiceRuntime("test", settings)
+    await service.start()
+    try:
+        assert service.health_port is not None
+        status, body = await asyncio.to_thread(healthz, service.health_port)
+        assert (status, body["status"], body["nats"]) == (503, "starting", "connected")
+
+        async def echo(msg) -> bytes:
+            return msg.data
+
+        await service.add_responder("test.readiness", "test", echo)
+        await service.mark_ready()
+        status, body = await asyncio.to_thread(healthz, service.health_port)
+        assert (status, body["status"]) == (200, "ok")
+        reply = await nc.request("test.readiness", b"ping", timeout=5)
+        assert reply.data == b"ping"
+    finally:
+        service.stop.set()
+        await service.wait()
