@@ -69,10 +69,12 @@ class ObjectInfo:
     etag: str
 
 
-def client_config(
-    concurrency: int = DEFAULT_CONCURRENCY, attempts: int = DEFAULT_ATTEMPTS
-) -> Config:
-    """botocore settings S3-compatible servers accept: path-style, checksums only when required."""
+def client_config(concurrency: int = DEFAULT_CONCURRENCY, attempts: int | None = None) -> Config:
+    """botocore settings S3-compatible servers accept: path-style, checksums only when required.
+
+    ``attempts`` (each request's tries) defaults to DEFAULT_ATTEMPTS as it is when called.
+    """
+    attempts = DEFAULT_ATTEMPTS if attempts is None else attempts
     return Config(
         s3={"addressing_style": "path"},
         request_checksum_calculation="when_required",
@@ -148,7 +150,7 @@ async def s3_client(
     secret_key: str | None,
     region: str = "us-east-1",
     concurrency: int = DEFAULT_CONCURRENCY,
-    attempts: int = DEFAULT_ATTEMPTS,
+    attempts: int | None = None,
 ) -> AsyncIterator[Any]:
     """An aiobotocore S3 client; no credentials means botocore's default chain."""
     from aiobotocore.session import get_session

@@ -463,10 +463,12 @@ def test_textfile_required_fields(data_root):
         )
 
 
-def test_s3_is_validated_and_an_unreachable_endpoint_is_named(data_root):
+def test_s3_is_validated_and_an_unreachable_endpoint_is_named(data_root, monkeypatch):
+    from digits import s3
     from digits.natsserver import free_port
     from digits.s3 import S3Error
 
+    monkeypatch.setattr(s3, "DEFAULT_ATTEMPTS", 1)  # a refused port: botocore's retries add 20 s
     with pytest.raises(ValueError, match="s3_bucket is required"):
         _ingest(data_root, method="s3")
     endpoint = f"http://127.0.0.1:{free_port()}"
