@@ -6,10 +6,11 @@ and ``LoadedModel.warm`` do) while a sibling serves; the two share this machine'
 bench isolates that: one process serves a LeNet the way a view process predicts a single image
 (the micro-batcher's 2 ms gather, then ``LoadedModel.predict`` in a thread, paced like
 bench/pipeline's client), first alone, then beside a second process that loads and warms the
-same model over and over, then beside that loader at nice 19. The rounds alternate. The p99
-beside the loader over the p99 alone is the least p99 ratio a swap can have here, with no bus,
-no registry and no other service in the way (bench/pipeline's ``p99_swap_only_ratio`` measures
-the real swap). The last line on stdout is one JSON object.
+same model over and over, then beside that loader at nice 19, then at nice 19 under SCHED_IDLE
+(``lower_priority(19, idle=True)``, as the view's out-of-group loader runs). The rounds
+alternate. The p99 beside the loader over the p99 alone is the least p99 ratio a swap can have
+here, with no bus, no registry and no other service in the way (bench/pipeline's
+``p99_swap_only_ratio`` measures the real swap). The last line on stdout is one JSON object.
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ LOADER_FLAG = "--loader"
 GATHER_S = 0.002  # the view's micro-batcher waits this long for more single images
 PACE_S = 0.005  # between one reply and the next request, as bench/pipeline's client
 GOAL_P99_RATIO = 1.5  # issue 16's swap goal, for comparison
+# (name, the loader's nice value or None for no loader, SCHED_IDLE too)
+PHASES = (
+    ("alone", None, False),
+    ("loading", 0, False),
+    ("loading_nice19", 19, False),
+    ("loading_idle", 19, True),
+)
 
 
 def loaded(path: Path) -> Any:
@@ -50,9 +58,11 @@ def loaded(path: Path) -> Any:
     return model
 
 
-def loader(path: Path, nice: int) -> None:
+def loader(path: Path, nice: int, idle: bool) -> None:
     """Load and warm ``path`` until killed; a line on stdout after the first load."""
-    os.nice(nice)
+    from digits.service import lower_priority
+
+    lower_priority(nice, idle=idle)
     loaded(path)
     print("loading", flush=True)
     while True:
@@ -75,11 +85,11 @@ async def serve(model: Any, seconds: float) -> list[float]:
     return latencies
 
 
-def beside(path: Path, nice: int | None, model: Any, seconds: float) -> list[float]:
-    """Serve for ``seconds`` alone (``nice`` None) or beside a loader at that nice value."""
+def beside(path: Path, nice: int | None, idle: bool, model: Any, seconds: float) -> list[float]:
+    """Serve for ``seconds`` alone (``nice`` None) or beside a loader at that priority."""
     if nice is None:
         return asyncio.run(serve(model, seconds))
-    argv = [sys.executable, __file__, LOADER_FLAG, str(path), str(nice)]
+    argv = [sys.executable, __file__, LOADER_FLAG, str(path), str(nice), str(int(idle))]
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None
@@ -103,10 +113,10 @@ def run(quick: bool) -> dict[str, Any]:
         keras.utils.set_random_seed(1)
         networks.lenet((28, 28, 1), 2).save(path)
         model = loaded(path)
-        phases: dict[str, list[list[float]]] = {"alone": [], "loading": [], "loading_nice19": []}
+        phases: dict[str, list[list[float]]] = {name: [] for name, _, _ in PHASES}
         for n in range(rounds):
-            for phase, nice in (("alone", None), ("loading", 0), ("loading_nice19", 19)):
-                phases[phase].append(beside(path, nice, model, seconds))
+            for phase, nice, idle in PHASES:
+                phases[phase].append(beside(path, nice, idle, model, seconds))
                 say(f"round {n + 1} {phase:15s} p99 {percentile(phases[phase][-1], 99):6.2f} ms")
     p99 = {k: [round(percentile(r, 99), 2) for r in v] for k, v in phases.items()}
     p50 = {k: round(percentile([x for r in v for x in r], 50), 2) for k, v in phases.items()}
@@ -118,9 +128,10 @@ def run(quick: bool) -> dict[str, Any]:
         "p99_ms": p99,
         "p50_ms": p50,
         "requests": {k: sum(len(r) for r in v) for k, v in phases.items()},
-        "p99_ratio_per_round": {k: per_round[k] for k in ("loading", "loading_nice19")},
+        "p99_ratio_per_round": {k: per_round[k] for k in phases if k != "alone"},
         "p99_ratio_median": median["loading"],
         "p99_ratio_median_nice19": median["loading_nice19"],
+        "p99_ratio_median_idle": median["loading_idle"],
         "goal_p99_ratio_of_the_swap": GOAL_P99_RATIO,
         "machine": machine("tensorflow", "keras"),
     }
@@ -130,7 +141,7 @@ def main() -> int:
     """Parse arguments (or be the loader), run, print the JSON line."""
     if LOADER_FLAG in sys.argv:
         at = sys.argv.index(LOADER_FLAG)
-        loader(Path(sys.argv[at + 1]), int(sys.argv[at + 2]))
+        loader(Path(sys.argv[at + 1]), int(sys.argv[at + 2]), sys.argv[at + 3] == "1")
         return 0
     args = arguments(__doc__ or "", "one short round").parse_args()
     timer = start()

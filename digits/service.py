@@ -370,11 +370,14 @@ class Membership:
                 await sub.unsubscribe()
 
 
-def lower_priority(nice: int, *, thread_only: bool = False) -> int:
+def lower_priority(nice: int, *, idle: bool = False, thread_only: bool = False) -> int:
     """Raise the nice value of every thread of this process (or the calling one) to ``nice``.
 
-    Threads started afterwards inherit their starter's value. A value already higher stays (it
-    is never lowered: that needs privilege). Returns the calling thread's value now.
+    With ``idle`` (Linux), the threads also take the SCHED_IDLE policy: they run on what normal
+    threads leave, and a normal thread that wakes takes their core at once (nice 19 alone still
+    lets them finish a slice first). Threads started afterwards inherit their starter's value
+    and policy. A value already higher stays (it is never lowered: that needs privilege).
+    Returns the calling thread's value now.
     """
     if sys.platform == "linux":  # nice values are per thread
         me = threading.get_native_id()
@@ -385,6 +388,8 @@ def lower_priority(nice: int, *, thread_only: bool = False) -> int:
         try:
             if os.getpriority(os.PRIO_PROCESS, tid) < nice:
                 os.setpriority(os.PRIO_PROCESS, tid, nice)
+            if idle and sys.platform == "linux":
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
         except ProcessLookupError:
             continue  # a thread that ended meanwhile
         except OSError as exc:  # a sandbox may refuse it: the work runs at its priority
