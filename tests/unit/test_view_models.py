@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -364,3 +367,37 @@ async def test_cache_preprocessing_comes_from_info_dataset_form_and_mean(tiny, t
     x = model.preprocess(png(np.full((12, 12), 117, np.uint8)))
     np.testing.assert_allclose(x, np.full((4, 4, 1), 49.75))
     assert model.calls == 0  # warming up is not counted
+
+
+# In a child: freezing is for a process's life, and this one's objects are pytest's.
+FROZEN_CHILD = """
+import gc, json, sys, weakref
+from view_service.models import keras_frozen
+
+keras = keras_frozen()
+frozen = gc.get_freeze_count()
+keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(sys.argv[1])
+loaded = keras.models.load_model(sys.argv[1], compile=False)
+ref = weakref.ref(loaded)
+del loaded
+gc.collect()
+print(json.dumps({
+    "frozen": frozen,
+    "unfrozen": len(gc.get_objects()),
+    "frozen_after_a_load": gc.get_freeze_count(),
+    "loaded_model_collected": ref() is None,
+    "imported_once": keras_frozen() is keras,
+}))
+"""
+
+
+def test_keras_is_imported_once_and_frozen_and_models_loaded_later_stay_collectable(tmp_path):
+    """Before, each full collection walked TensorFlow's ~330,000 objects with the GIL held."""
+    argv = [sys.executable, "-c", FROZEN_CHILD, str(tmp_path / "m.keras")]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["frozen"] > 10 * seen["unfrozen"], seen  # what a collection walks is the rest
+    assert seen["frozen_after_a_load"] <= seen["frozen"], "a model loaded later is not frozen"
+    assert seen["loaded_model_collected"] and seen["imported_once"], seen
